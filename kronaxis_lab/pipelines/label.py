@@ -1,0 +1,24 @@
+"""kronaxis-label — not implemented yet; the entry point exists so the command contract is stable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    raise NotImplementedError("kronaxis-label is not implemented yet (see the project's open issues)")
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="label")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except NotImplementedError as e:
+        raise SystemExit(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

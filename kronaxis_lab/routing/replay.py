@@ -1,0 +1,146 @@
+"""Replay: run routers over a split of recorded outcomes and compute every routing metric.
+
+The replay backend is the outcome table itself: a router's choice for a query is answered by the
+recorded (score, correct, cost) of that model on that query. All per-query work is vectorised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from kronaxis_lab import metrics as M
+from kronaxis_lab.data.tables import RoutingDataset
+from kronaxis_lab.routing.routers import ReplayContext, RouteResult, Router, expected_costs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayResult:
+    dataset: str
+    split: str
+    model_names: list[str]
+    premium: str
+    cheapest: str
+    n_queries: int
+    routers: dict[str, dict[str, Any]]  # name → metrics (JSON-ready)
+    choices: dict[str, np.ndarray] = field(default_factory=dict)  # name → (n,) choice at the operating point
+    queries: pd.DataFrame | None = None
+    ctx: ReplayContext | None = None
+    results: dict[str, RouteResult] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        cols = ["accuracy", "cost_usd", "cpao", "savings_vs_premium", "premium_share", "aiq", "max_accuracy",
+                "savings_at_95pct_premium", "cpao_at_95pct_premium", "apgr", "cpt50", "cpt80", "oracle_gap"]
+        df = pd.DataFrame.from_dict(self.routers, orient="index")
+        return df[[c for c in cols if c in df.columns]]
+
+    def category_table(self, router: str, by: str = "category") -> pd.DataFrame:
+        """Per category: share of queries, model mix, cost vs premium, accuracy vs premium."""
+        t = self.ctx.test
+        ch = self.choices[router]
+        prem = self.ctx.premium_idx
+        rows = np.arange(t.n)
+        df = pd.DataFrame({
+            "group": t.queries[by].fillna("unknown").to_numpy(),
+            "model": np.array(self.model_names, dtype=object)[ch],
+            "score": t.scores[rows, ch], "cost": t.costs[rows, ch],
+            "p_score": t.scores[:, prem], "p_cost": t.costs[:, prem],
+        })
+        out = []
+        for g, d in df.groupby("group", sort=True):
+            mix = d["model"].value_counts(normalize=True)
+            out.append({
+                by: g,
+                "share_of_queries": len(d) / len(df),
+                "model_mix": ", ".join(f"{m} {s:.0%}" for m, s in mix.head(3).items()) + (" …" if len(mix) > 3 else ""),
+                "cost_vs_premium": d["cost"].sum() / d["p_cost"].sum() if d["p_cost"].sum() > 0 else float("nan"),
+                "accuracy": d["score"].mean(),
+                "premium_accuracy": d["p_score"].mean(),
+            })
+        return pd.DataFrame(out)
+
+
+def _operating_point(cost: np.ndarray, acc: np.ndarray, target: float) -> int:
+    """The point a sweep router is summarised at: the cheapest point reaching `target` accuracy
+    (95 % of premium), else the most accurate point."""
+    ok = np.flatnonzero(acc >= target - 1e-12)
+    if ok.size:
+        return int(ok[np.argmin(cost[ok])])
+    return int(np.argmax(acc))
+
+
+def replay(ds: RoutingDataset, routers: Mapping[str, Router] | list[Router], split: str = "test",
+           seed: int = 0, train_split: str | list[str] = "train") -> ReplayResult:
+    test = ds.matrices(split)
+    if test.n == 0:
+        raise ValueError(f"{ds.name}: split '{split}' has no query with a complete set of outcomes")
+    train = ds.matrices(train_split)
+    val = ds.matrices("val")
+    fleet = ds.fleet
+    ctx = ReplayContext(test=test, fleet=fleet, train=train, val=val, seed=seed,
+                        expected_cost=expected_costs(test, fleet, train))
+    results: dict[str, RouteResult] = {}
+    for r in (routers.values() if isinstance(routers, Mapping) else routers):
+        for name, rr in r.route(ctx).items():
+            if name in results:
+                raise ValueError(f"two routers are both named '{name}'")
+            results[name] = rr
+
+    prem, cheap = ctx.premium_idx, ctx.cheapest_idx
+    premium_cost = float(test.costs[:, prem].sum())
+    premium_acc = float(test.scores[:, prem].mean())
+    two_model = len(fleet.names) == 2
+    weak_q = float(test.scores[:, cheap].mean()) if two_model else None
+    strong_q = premium_acc if two_model else None
+
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for name, rr in results.items():
+        cost_k, acc_k = M.choices_metrics_batch(rr.choices, test.scores, test.costs, test.correct)
+        share_k = (rr.choices == prem).mean(axis=1)
+        curves[name] = (np.asarray(cost_k, float), np.asarray(acc_k, float), share_k)
+    cmin, cmax = M.routerbench_cost_range([(c, a) for c, a, _ in curves.values()])
+
+    oracle_acc = None
+    if "oracle" in curves:
+        oracle_acc = float(curves["oracle"][1][0])
+    out: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, np.ndarray] = {}
+    for name, rr in results.items():
+        cost_k, acc_k, share_k = curves[name]
+        i = _operating_point(cost_k, acc_k, 0.95 * premium_acc)
+        ch = rr.choices[i]
+        chosen[name] = ch
+        point = M.summarize_choice(ch, test.scores, test.costs, test.correct, prem)
+        summary = M.router_summary(cost_k, acc_k, share_k, cost_min=cmin, cost_max=cmax,
+                                   premium_cost=premium_cost, premium_quality=premium_acc, n_queries=test.n,
+                                   weak_quality=weak_q, strong_quality=strong_q)
+        entry: dict[str, Any] = {
+            "n_queries": int(test.n),
+            "kind": "sweep" if rr.is_sweep else "fixed",
+            "accuracy": float(point["accuracy"]),
+            "cost_usd": float(point["cost_usd"]),
+            "cost_per_query": float(point["cost_per_query"]),
+            "cpao": M._json_float(point["cpao"]),
+            "n_correct": float(point["n_correct"]),
+            "premium_share": float(point["premium_share"]),
+            "savings_vs_premium": M._json_float(point["savings_vs_premium"]),
+            "model_mix": {fleet.names[int(k)]: float(v) for k, v in point["model_mix"].items()},
+            **summary,
+            "oracle_gap": None if oracle_acc is None else float(M.oracle_gap(point["accuracy"], oracle_acc)),
+            "curve": [[float(c), float(a)] for c, a in zip(cost_k, acc_k)],
+            "curve_premium_share": [float(s) for s in share_k],
+        }
+        if rr.params is not None:
+            entry["operating_point"] = {rr.param_name or "param": M._json_float(float(rr.params[i])), "index": i}
+            entry["params"] = [M._json_float(float(p)) for p in rr.params]
+        entry.update(rr.info)
+        out[name] = entry
+    return ReplayResult(dataset=ds.name, split=split, model_names=list(fleet.names), premium=fleet.premium,
+                        cheapest=fleet.cheapest, n_queries=int(test.n), routers=out, choices=chosen,
+                        queries=test.queries, ctx=ctx, results=results)

@@ -1,0 +1,177 @@
+"""Routers for replay: classifier scores → policy → model choice, on recorded outcomes.
+
+A router returns one or more named `RouteResult`s; each holds choices of shape (k, n): k operating points
+(one for a fixed router, a sweep for a policy router) over the n replayed queries. The replay engine turns
+choices into recorded cost and quality. Adding a router = one class here (or in its own module) + one YAML
+in configs/routers/.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kronaxis_lab.data.fleet import Fleet
+from kronaxis_lab.data.tables import Matrices
+from kronaxis_lab.routing.policies import Policy
+
+
+@dataclass
+class ReplayContext:
+    """What a router may use. `test` holds recorded outcomes: only the oracle may read its outcomes."""
+
+    test: Matrices
+    fleet: Fleet
+    train: Matrices | None = None
+    val: Matrices | None = None
+    seed: int = 0
+    expected_cost: np.ndarray | None = None  # (n, m) $ known before the call (tokens × prices)
+
+    @property
+    def premium_idx(self) -> int:
+        return self.fleet.index(self.fleet.premium)
+
+    @property
+    def cheapest_idx(self) -> int:
+        return self.fleet.index(self.fleet.cheapest)
+
+
+@dataclass
+class RouteResult:
+    choices: np.ndarray  # (k, n) model index per operating point and query
+    params: np.ndarray | None = None  # (k,) the sweep parameter of each point
+    param_name: str | None = None
+    predictions: np.ndarray | None = None  # (n, m) P̂ used, when there is one
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.choices.shape[0] > 1
+
+
+def expected_costs(test: Matrices, fleet: Fleet, train: Matrices | None) -> np.ndarray:
+    """Cost a router can know before calling: the query's input tokens × price_in + the model's mean output
+    tokens on train (per task where seen, else overall) × price_out. Falls back to recorded mean cost per
+    model when the source has no token counts."""
+    p_in, p_out = fleet.prices()
+    n, m = test.scores.shape
+    if train is None or train.n == 0:
+        return test.input_tokens * p_in + test.output_tokens.mean(axis=0, keepdims=True) * p_out
+    mean_out = train.output_tokens.mean(axis=0)
+    by_task = pd.DataFrame(train.output_tokens, columns=range(m)).groupby(train.queries["task"].to_numpy()).mean()
+    out_tok = by_task.reindex(test.queries["task"].to_numpy()).to_numpy()
+    out_tok = np.where(np.isnan(out_tok), mean_out[None, :], out_tok)
+    cost = test.input_tokens * p_in + out_tok * p_out
+    if not np.any(cost):  # no prices (e.g. a RouterBench fleet derived from $): use the recorded mean $
+        cost = np.broadcast_to(train.costs.mean(axis=0), (n, m)).copy()
+    return cost
+
+
+class Router(ABC):
+    name: str = "router"
+
+    @abstractmethod
+    def route(self, ctx: ReplayContext) -> dict[str, RouteResult]:
+        """Named results (a router may produce several, e.g. one per model)."""
+
+
+class OracleRouter(Router):
+    """Cheapest model that answered correctly (by recorded cost); the cheapest model if none did.
+    Upper bound, reads test outcomes by definition."""
+
+    name = "oracle"
+
+    def route(self, ctx):
+        t = ctx.test
+        masked = np.where(t.correct, t.costs, np.inf)
+        pick = masked.argmin(axis=1)
+        none = ~t.correct.any(axis=1)
+        pick[none] = t.costs[none].argmin(axis=1) if none.any() else pick[none]
+        return {self.name: RouteResult(pick[None, :].astype(np.int32))}
+
+
+class AlwaysRouter(Router):
+    """One fixed router per model: `always:<model>`."""
+
+    def __init__(self, models: Sequence[str] | None = None):
+        self.models = None if models is None else list(models)
+
+    def route(self, ctx):
+        names = self.models or ctx.fleet.names
+        n = ctx.test.n
+        return {f"always:{m}": RouteResult(np.full((1, n), ctx.fleet.index(m), np.int32)) for m in names}
+
+
+class CheapestRouter(Router):
+    name = "cheapest"
+
+    def route(self, ctx):
+        return {self.name: RouteResult(np.full((1, ctx.test.n), ctx.cheapest_idx, np.int32))}
+
+
+class RandomRouter(Router):
+    """Random mixing: premium model with probability p, else the cheapest, swept over p (RouteLLM's random
+    baseline). One uniform draw per query is shared by all p (common random numbers), so the curve is
+    monotone and the premium share is ≈ p at every point."""
+
+    name = "random"
+
+    def __init__(self, premium_shares: Sequence[float] | None = None, num: int = 21, seed: int | None = None):
+        self.premium_shares = np.linspace(0, 1, num) if premium_shares is None else np.asarray(premium_shares, float)
+        self.seed = seed
+
+    def route(self, ctx):
+        rng = np.random.default_rng(ctx.seed if self.seed is None else self.seed)
+        u = rng.random(ctx.test.n)
+        p = self.premium_shares
+        choices = np.where(u[None, :] < p[:, None], ctx.premium_idx, ctx.cheapest_idx).astype(np.int32)
+        return {self.name: RouteResult(choices, p, "premium_share")}
+
+
+class Predictor(ABC):
+    """Produces P̂ (n, m) for the replayed queries (a classifier, a prior, ...)."""
+
+    @abstractmethod
+    def predict(self, ctx: ReplayContext) -> np.ndarray: ...
+
+
+class PriorPredictor(Predictor):
+    """Non-learned baseline: per-model success rate on train, per `by` group (e.g. task) when given,
+    shrunk towards the model's overall rate with `smoothing` pseudo-counts."""
+
+    def __init__(self, by: str | None = "task", smoothing: float = 10.0):
+        self.by, self.smoothing = by, float(smoothing)
+
+    def predict(self, ctx):
+        tr = ctx.train
+        if tr is None or tr.n == 0:
+            raise ValueError("PriorPredictor needs a train split")
+        overall = tr.scores.mean(axis=0)
+        if not self.by:
+            return np.broadcast_to(overall, ctx.test.scores.shape).copy()
+        g = pd.DataFrame(tr.scores).groupby(tr.queries[self.by].to_numpy())
+        sums, counts = g.sum(), g.size()
+        rate = (sums.to_numpy() + self.smoothing * overall) / (counts.to_numpy()[:, None] + self.smoothing)
+        table = pd.DataFrame(rate, index=sums.index)
+        out = table.reindex(ctx.test.queries[self.by].to_numpy()).to_numpy()
+        return np.where(np.isnan(out), overall[None, :], out)
+
+
+class PolicyRouter(Router):
+    """P̂ from a predictor, swept through a policy (λ willingness-to-pay, threshold, strong-win)."""
+
+    def __init__(self, predictor: Predictor, policy: Policy, name: str | None = None):
+        self.predictor, self.policy = predictor, policy
+        self.name = name or f"{type(predictor).__name__}+{policy.name}"
+
+    def route(self, ctx):
+        P = np.asarray(self.predictor.predict(ctx), float)
+        if P.shape != ctx.test.scores.shape:
+            raise ValueError(f"{self.name}: predictions have shape {P.shape}, expected {ctx.test.scores.shape}")
+        cost = ctx.expected_cost if ctx.expected_cost is not None else ctx.test.costs
+        params, choices = self.policy.sweep(P, cost)
+        return {self.name: RouteResult(choices, params, self.policy.name, predictions=P)}
