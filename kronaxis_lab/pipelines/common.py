@@ -14,6 +14,9 @@ from kronaxis_lab.data.tables import RoutingDataset
 
 log = logging.getLogger("kronaxis_lab")
 
+#: the configs/ directory of the checkout (the package is installed editable by `make setup`)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
 
 def make_store(cfg: DictConfig) -> DataStore:
     files = OmegaConf.to_container(cfg.data.files, resolve=True) if "data" in cfg and cfg.data else []

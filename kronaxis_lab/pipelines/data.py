@@ -11,7 +11,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from kronaxis_lab.pipelines.common import make_store
+from kronaxis_lab.pipelines.common import CONFIG_DIR, make_store
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"data_dir": str(store.data_dir), "mirror": str(store.mirror) if store.mirror else None, "files": status}
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="data")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="data")
 def main(cfg: DictConfig) -> None:
     out = run(cfg)
     counts: dict[str, int] = {}

@@ -7,12 +7,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from kronaxis_lab.pipelines.common import CONFIG_DIR
+
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     raise NotImplementedError("kronaxis-export is not implemented yet (see the project's open issues)")
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from kronaxis_lab.pipelines.common import build, load_dataset, output_dir
+from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
 from kronaxis_lab.routing.replay import replay
 from kronaxis_lab.routing.report import summary_table, write_report
 
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"metrics": res.routers, "paths": {k: str(v) for k, v in paths.items()}, "table": table, "result": res}
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="replay")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="replay")
 def main(cfg: DictConfig) -> None:
     out = run(cfg)
     print(out["table"].to_string(index=False))

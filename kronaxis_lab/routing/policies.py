@@ -55,19 +55,59 @@ class WillingnessToPay(Policy):
 
     def choose(self, P, cost, params):
         params = np.asarray(params, float)
-        n, m = P.shape
-        out = np.empty((len(params), n), np.int32)
-        P32, c32 = P.astype(np.float32), cost.astype(np.float32)
-        step = _rows_per_chunk(1, m)
-        for a, lam in enumerate(params):
-            for s in range(0, n, step):
-                if np.isinf(lam):
-                    # most likely to succeed; ties → cheaper
-                    u = P32[s:s + step] - 1e-9 * c32[s:s + step] / max(float(c32.max()), 1e-30)
-                else:
-                    u = np.float32(lam) * P32[s:s + step] - c32[s:s + step]
-                out[a, s:s + step] = u.argmax(axis=1)
+        if np.any(params < 0) or np.any(np.isnan(params)):
+            raise ValueError(f"willingness-to-pay λ must be ≥ 0, got {params}")
+        order = np.argsort(params, kind="stable")
+        out = np.empty((len(params), P.shape[0]), np.int32)
+        for s in range(0, P.shape[0], _ENVELOPE_ROWS):
+            out[order, s:s + _ENVELOPE_ROWS] = _envelope_choices(P[s:s + _ENVELOPE_ROWS], cost[s:s + _ENVELOPE_ROWS], params[order])
         return out
+
+
+_ENVELOPE_ROWS = 1 << 17
+
+
+def _envelope_choices(P: np.ndarray, c: np.ndarray, lams: np.ndarray) -> np.ndarray:
+    """argmax_j λ·P_j − c_j for every λ in the ascending grid `lams`, without a pass per λ.
+
+    Per query the utilities are m lines in λ; the choice follows their upper envelope, which has at most
+    m segments. Walk the envelope for all queries at once (≤ m vectorised steps: from the cheapest line,
+    jump to the steeper line that crosses first), then paint each segment onto the λ grid with one
+    bincount + cumsum. Ties: at λ = 0 the cheapest (then most likely) model; at λ = ∞ the most likely
+    (then cheapest) model.
+    """
+    P = np.asarray(P, np.float64)
+    c = np.asarray(c, np.float64)
+    n, m = P.shape
+    k = len(lams)
+    rows = np.arange(n)
+    cmin = c.min(axis=1, keepdims=True)
+    cur = np.where(c == cmin, P, -np.inf).argmax(axis=1)
+    lines, starts = [cur], [np.zeros(n)]
+    active = np.ones(n, bool)
+    for _ in range(m - 1):
+        pc, cc = P[rows, cur][:, None], c[rows, cur][:, None]
+        dP = P - pc
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = np.where(dP > 0, (c - cc) / dP, np.inf)
+        lam_next = cross.min(axis=1)
+        nxt = np.where(cross == lam_next[:, None], P, -np.inf).argmax(axis=1)
+        active &= np.isfinite(lam_next)
+        if not active.any():
+            break
+        cur = np.where(active, nxt, cur)
+        lines.append(cur)
+        starts.append(np.where(active, np.maximum(lam_next, starts[-1]), np.inf))
+    L = np.stack(lines, axis=1)  # (n, s) envelope line per segment
+    S = np.stack(starts, axis=1)  # (n, s) λ where each segment starts (inf = unused)
+    pos = np.searchsorted(lams, S, side="left")  # first grid index on that segment
+    delta = np.diff(L, axis=1, prepend=0).astype(np.float64)
+    flat = (pos * n + rows[:, None]).ravel()
+    keep = pos.ravel() < k
+    acc = np.bincount(flat[keep], weights=delta.ravel()[keep], minlength=k * n).reshape(k, n)
+    # deltas and running sums are model indices (|·| < m): small ints keep the cumsum cheap
+    small = np.int8 if m < 128 else np.int32
+    return np.cumsum(np.rint(acc).astype(small), axis=0, dtype=small).astype(np.int32)
 
 
 class Threshold(Policy):

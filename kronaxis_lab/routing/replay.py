@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from kronaxis_lab import metrics as M
-from kronaxis_lab.data.tables import RoutingDataset
+from kronaxis_lab.data.fleet import Fleet
+from kronaxis_lab.data.tables import Matrices, RoutingDataset
 from kronaxis_lab.routing.routers import ReplayContext, RouteResult, Router, expected_costs
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,18 @@ def _operating_point(cost: np.ndarray, acc: np.ndarray, target: float) -> int:
 
 def replay(ds: RoutingDataset, routers: Mapping[str, Router] | list[Router], split: str = "test",
            seed: int = 0, train_split: str | list[str] = "train") -> ReplayResult:
+    """Replay `split` of a dataset; routers learn from `train_split` (and val) only."""
     test = ds.matrices(split)
     if test.n == 0:
         raise ValueError(f"{ds.name}: split '{split}' has no query with a complete set of outcomes")
-    train = ds.matrices(train_split)
-    val = ds.matrices("val")
-    fleet = ds.fleet
+    return replay_matrices(test, ds.fleet, routers, train=ds.matrices(train_split), val=ds.matrices("val"),
+                           seed=seed, dataset=ds.name, split=split)
+
+
+def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] | list[Router],
+                    train: Matrices | None = None, val: Matrices | None = None, seed: int = 0,
+                    dataset: str = "dataset", split: str = "test") -> ReplayResult:
+    """The engine on wide matrices (what `replay` calls after pivoting the outcome table)."""
     ctx = ReplayContext(test=test, fleet=fleet, train=train, val=val, seed=seed,
                         expected_cost=expected_costs(test, fleet, train))
     results: dict[str, RouteResult] = {}
@@ -141,6 +148,6 @@ def replay(ds: RoutingDataset, routers: Mapping[str, Router] | list[Router], spl
             entry["params"] = [M._json_float(float(p)) for p in rr.params]
         entry.update(rr.info)
         out[name] = entry
-    return ReplayResult(dataset=ds.name, split=split, model_names=list(fleet.names), premium=fleet.premium,
+    return ReplayResult(dataset=dataset, split=split, model_names=list(fleet.names), premium=fleet.premium,
                         cheapest=fleet.cheapest, n_queries=int(test.n), routers=out, choices=chosen,
                         queries=test.queries, ctx=ctx, results=results)
