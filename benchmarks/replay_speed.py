@@ -30,7 +30,7 @@ class NoisyTruth(Predictor):
     def __init__(self, P):
         self.P = P
 
-    def predict(self, ctx):
+    def predict(self, ctx, mats=None):
         return self.P
 
 

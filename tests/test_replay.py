@@ -39,7 +39,7 @@ class Fixed(Predictor):
     def __init__(self, P):
         self.P = np.asarray(P, float)
 
-    def predict(self, ctx):
+    def predict(self, ctx, mats=None):
         return self.P
 
 

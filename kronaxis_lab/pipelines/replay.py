@@ -7,15 +7,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
 from kronaxis_lab.routing.replay import replay
 from kronaxis_lab.routing.report import summary_table, write_report
+from kronaxis_lab.routing.routers import ClassifierPredictor, PolicyRouter
 
 log = logging.getLogger("kronaxis_lab.replay")
 
@@ -25,12 +28,57 @@ def build_routers(cfg: DictConfig) -> dict[str, Any]:
     return routers
 
 
+def _classifier_dirs(cfg: DictConfig) -> list[str]:
+    d = cfg.get("classifier_dir")
+    if not d:
+        return []
+    return [str(x) for x in d] if isinstance(d, (list, ListConfig)) else [str(d)]
+
+
+def check_split(clf_dir: Path, cfg: DictConfig, n_models: int) -> str:
+    """The classifier's train split must come from the same dataset + split config (else test may leak)."""
+    info_path = clf_dir / "train_info.json"
+    if not info_path.is_file():
+        return "unknown"
+    info = json.loads(info_path.read_text())
+    ours = OmegaConf.to_container(cfg.dataset, resolve=True)
+    same = (info.get("dataset_config", {}).get("split") == ours.get("split")
+            and info.get("dataset_config", {}).get("_target_") == ours.get("_target_"))
+    if not same and not cfg.get("allow_split_mismatch"):
+        raise ValueError(
+            f"{clf_dir} was trained on {info.get('dataset')} with split {info.get('dataset_config', {}).get('split')}, "
+            f"but this replay uses {ours.get('_target_')} with split {ours.get('split')}: its training queries may be "
+            "in this test split. Retrain, or set allow_split_mismatch=true to replay anyway.")
+    return "checked" if same else "mismatch-allowed"
+
+
+def classifier_routers(cfg: DictConfig, n_models: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for d in _classifier_dirs(cfg):
+        clf_dir = Path(d)
+        split_check = check_split(clf_dir, cfg, n_models)
+        predictor = ClassifierPredictor(str(clf_dir))
+        base = clf_dir.parent.name if clf_dir.name == "classifier" else clf_dir.name
+        label = f"{type(predictor.clf).__name__}[{base}]"
+        for pname, pnode in (cfg.get("policies") or {}).items():
+            if pname == "strong_win" and n_models != 2:
+                log.info("policy strong_win skipped: it needs a 2-model fleet (this one has %d)", n_models)
+                continue
+            policy = build(pnode, f"policy '{pname}'")
+            calib = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
+            r = PolicyRouter(predictor, policy, name=f"{label}+{pname}", calibration=calib)
+            out[r.name] = r
+        log.info("classifier %s (split check: %s)", clf_dir, split_check)
+    return out
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     ds = load_dataset(cfg)
     if cfg.get("save_dataset"):
         ds.save(out / "dataset")
     routers = build_routers(cfg)
+    routers.update(classifier_routers(cfg, len(ds.fleet.names)))
     if not routers:
         raise ValueError("no routers configured (routers=reference, or add entries under 'routers')")
     res = replay(ds, routers, split=cfg.split, seed=cfg.seed)

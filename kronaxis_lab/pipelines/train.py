@@ -1,25 +1,96 @@
-"""kronaxis-train — not implemented yet; the entry point exists so the command contract is stable."""
+"""kronaxis-train: learn a router's predictor from the outcome table's train split.
+
+    kronaxis-train dataset=llmrouter classifier=tier_predictor
+    kronaxis-train dataset=routerbench dataset.path=<dir> classifier=knn hydra.run.dir=<out>
+
+Writes <out>/classifier/ (load with kronaxis_lab.classifiers.base.load_classifier) with train_info.json
+(dataset, split config, fleet — replay uses it to refuse a leaky split), and <out>/train_metrics.json.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
+import time
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
-from kronaxis_lab.pipelines.common import CONFIG_DIR
+from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
+from kronaxis_lab.routing.labels import make_targets
+
+log = logging.getLogger("kronaxis_lab.train")
+
+
+def eval_predictions(P: np.ndarray, Y: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Per-model AUC (targets ≥ 0.5 as positives), Brier score and calibration gap on held-out queries."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, Any] = {"per_model": {}}
+    aucs = []
+    for j, name in enumerate(names):
+        y = Y[:, j] >= 0.5
+        auc = float(roc_auc_score(y, P[:, j])) if 0 < y.sum() < len(y) else None
+        if auc is not None:
+            aucs.append(auc)
+        out["per_model"][name] = {"auc": auc, "brier": float(np.mean((P[:, j] - Y[:, j]) ** 2)),
+                                  "mean_pred": float(P[:, j].mean()), "mean_target": float(Y[:, j].mean())}
+    out["mean_auc"] = float(np.mean(aucs)) if aucs else None
+    out["brier"] = float(np.mean((P - Y) ** 2)) if P.size else None
+    return out
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    raise NotImplementedError("kronaxis-train is not implemented yet (see the project's open issues)")
+    out = output_dir(cfg)
+    ds = load_dataset(cfg)
+    train = ds.matrices(cfg.train_split)
+    val = ds.matrices(cfg.val_split)
+    if cfg.get("limit_train"):
+        keep = int(cfg.limit_train)
+        train.queries, train.scores, train.costs = train.queries.iloc[:keep], train.scores[:keep], train.costs[:keep]
+    if len(train.queries) == 0:
+        raise ValueError(f"{ds.name}: the '{cfg.train_split}' split is empty: nothing to train on")
+    tk = OmegaConf.to_container(cfg.targets, resolve=True)
+    Y = make_targets(tk["kind"], train.scores, train.costs, **(tk.get("params") or {}))
+    Yv = make_targets(tk["kind"], val.scores, val.costs, **(tk.get("params") or {})) if val.n else None
+    clf = build(cfg.classifier, "classifier")
+    fit_kw: dict[str, Any] = {}
+    params = inspect.signature(clf.fit).parameters
+    if "model_costs" in params:  # ordinal heads need the tier order (relative cost per model)
+        fit_kw["model_costs"] = train.costs.mean(axis=0).tolist()
+    texts = train.queries["text"].astype(str).tolist()
+    vtexts = val.queries["text"].astype(str).tolist() if val.n else None
+    log.info("training %s on %d queries × %d models (val %d)", type(clf).__name__, len(texts), Y.shape[1], val.n)
+    t0 = time.perf_counter()
+    clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, **fit_kw)
+    train_s = time.perf_counter() - t0
+    clf_dir = clf.save_pretrained(out / "classifier")
+    info = {"dataset": ds.name, "dataset_config": OmegaConf.to_container(cfg.dataset, resolve=True),
+            "train_split": cfg.train_split, "val_split": cfg.val_split, "targets": tk, "fleet": ds.fleet.to_dict(),
+            "n_train": len(texts), "n_val": int(val.n)}
+    info["dataset_config"].pop("fleet", None)
+    (clf_dir / "train_info.json").write_text(json.dumps(info, indent=2, default=str))
+    metrics: dict[str, Any] = {"classifier": type(clf).__name__, "train_seconds": train_s, "n_train": len(texts),
+                               "n_val": int(val.n), "targets": tk}
+    if val.n:
+        t0 = time.perf_counter()
+        Pv = np.asarray(clf.predict_proba(vtexts), float)
+        metrics["val_predict_seconds"] = time.perf_counter() - t0
+        metrics["val"] = eval_predictions(Pv, Yv, ds.fleet.names)
+    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("classifier saved to %s (train %.1f s, val mean AUC %s)", clf_dir, train_s,
+             metrics.get("val", {}).get("mean_auc"))
+    return {"classifier_dir": str(clf_dir), "metrics": metrics, "classifier": clf}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except NotImplementedError as e:
-        raise SystemExit(str(e)) from None
+    res = run(cfg)
+    print(json.dumps({k: v for k, v in res["metrics"].items() if k != "val"} | {"val_mean_auc": res["metrics"].get("val", {}).get("mean_auc")}, indent=2))
+    print(f"classifier: {res['classifier_dir']}")
 
 
 if __name__ == "__main__":

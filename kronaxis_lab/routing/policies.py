@@ -18,6 +18,10 @@ _CHUNK = 1 << 22  # elements per (k-chunk × n × m) block: bounds memory on 1M-
 class Policy(ABC):
     name: str = "policy"
 
+    def bind(self, fleet, queries) -> "Policy":
+        """Attach per-run context (fleet latency profile, query tasks) before choosing; default: none."""
+        return self
+
     @abstractmethod
     def default_params(self, P: np.ndarray, cost: np.ndarray) -> np.ndarray:
         """The sweep grid used when none is configured."""
@@ -164,3 +168,81 @@ class StrongWinThreshold(Policy):
         s = self.win_score(P)
         params = np.asarray(params, float)
         return np.where(s[None, :] >= params[:, None], strong, weak).astype(np.int32)
+
+
+class LatencySLO(Policy):
+    """Only models whose latency profile fits the SLO (fleet `latency_p95_s` ≤ `slo_s`, unknown = fits),
+    then the inner policy. If no model fits, the fastest known model is the only one allowed."""
+
+    def __init__(self, inner: Policy, slo_s: float, percentile: str = "p95"):
+        self.inner, self.slo_s, self.percentile = inner, float(slo_s), percentile
+        self.name = f"{inner.name}@slo{slo_s:g}s"
+        self.params = getattr(inner, "params", None)
+        self.allowed_: np.ndarray | None = None
+
+    def bind(self, fleet, queries):
+        lat = np.array([getattr(m, f"latency_{self.percentile}_s") for m in fleet.models], dtype=float)
+        allowed = np.isnan(lat) | (lat <= self.slo_s)
+        if not allowed.any():
+            allowed = lat == np.nanmin(lat)
+        self.allowed_ = allowed
+        self.inner.bind(fleet, queries)
+        return self
+
+    def _mask(self, P, cost):
+        if self.allowed_ is None:
+            raise RuntimeError("LatencySLO.bind(fleet, queries) must be called first")
+        return np.where(self.allowed_, P, -1.0), np.where(self.allowed_, cost, np.inf)
+
+    def default_params(self, P, cost):
+        return self.inner.default_params(*self._mask(P, cost))
+
+    def choose(self, P, cost, params):
+        Pm, cm = self._mask(P, cost)
+        # λ·(−1) − ∞ and P̂ = −1 < τ keep disallowed models out of every inner policy
+        return self.inner.choose(Pm, np.where(np.isinf(cm), np.finfo(float).max / 4, cm), params)
+
+
+class TaskCostCeiling(Policy):
+    """Per task type: the cheapest model whose P̂ ≥ min_score[task] within the task's cost ceiling
+    (USD per query); if none qualifies, the most likely model under the ceiling (or the cheapest model
+    if the ceiling excludes all). The sweep parameter δ shifts every task's minimum score by δ."""
+
+    name = "task_ceiling"
+
+    def __init__(self, min_score: dict, max_cost: dict | None = None, params=None, num: int = 41):
+        self.min_score = dict(min_score)
+        self.max_cost = dict(max_cost or {})
+        self.params = None if params is None else np.asarray(params, float)
+        self.num = int(num)
+        self.tasks_: np.ndarray | None = None
+
+    def bind(self, fleet, queries):
+        self.tasks_ = queries["task"].astype(str).to_numpy()
+        return self
+
+    def _per_query(self, table: dict, default: float) -> np.ndarray:
+        if self.tasks_ is None:
+            raise RuntimeError("TaskCostCeiling.bind(fleet, queries) must be called first")
+        d = table.get("default", default)
+        return np.array([table.get(t, d) for t in self.tasks_], dtype=float)
+
+    def default_params(self, P, cost):
+        return np.linspace(-1.0, 1.0, self.num)
+
+    def choose(self, P, cost, params):
+        floor = self._per_query(self.min_score, 0.5)
+        ceil = self._per_query(self.max_cost, np.inf)
+        n = P.shape[0]
+        within = cost <= ceil[:, None]
+        order = np.argsort(cost, axis=1, kind="stable")
+        P_sorted = np.take_along_axis(P, order, axis=1)
+        within_sorted = np.take_along_axis(within, order, axis=1)
+        best_within = np.where(within, P, -np.inf).argmax(axis=1)
+        best_within = np.where(within.any(axis=1), best_within, cost.argmin(axis=1))
+        out = np.empty((len(params), n), np.int32)
+        for a, delta in enumerate(np.asarray(params, float)):
+            ok = within_sorted & (P_sorted >= (floor + delta)[:, None])
+            pick = np.take_along_axis(order, ok.argmax(axis=1)[:, None], axis=1)[:, 0]
+            out[a] = np.where(ok.any(axis=1), pick, best_within)
+        return out

@@ -133,10 +133,33 @@ class RandomRouter(Router):
 
 
 class Predictor(ABC):
-    """Produces P̂ (n, m) for the replayed queries (a classifier, a prior, ...)."""
+    """Produces P̂ (n, m) for a set of queries (default: the replayed ones) — a classifier, a prior, ..."""
 
     @abstractmethod
-    def predict(self, ctx: ReplayContext) -> np.ndarray: ...
+    def predict(self, ctx: ReplayContext, mats: Matrices | None = None) -> np.ndarray: ...
+
+
+class ClassifierPredictor(Predictor):
+    """P̂ from a trained classifier directory (`kronaxis-train` output), columns reordered to the fleet."""
+
+    def __init__(self, classifier_dir: str, batch_size: int = 256):
+        from kronaxis_lab.classifiers.base import load_classifier
+
+        self.classifier_dir = str(classifier_dir)
+        self.clf = load_classifier(classifier_dir)
+        self.batch_size = batch_size
+
+    def predict(self, ctx, mats=None):
+        mats = ctx.test if mats is None else mats
+        names = list(self.clf.model_names_)
+        missing = [m for m in ctx.fleet.names if m not in names]
+        if missing:
+            raise ValueError(f"{self.classifier_dir}: classifier predicts {names}, but the fleet also has {missing}")
+        cols = [names.index(m) for m in ctx.fleet.names]
+        texts = mats.queries["text"].astype(str).tolist()
+        if not texts:
+            return np.zeros((0, len(cols)))
+        return np.asarray(self.clf.predict_proba(texts), float)[:, cols]
 
 
 class PriorPredictor(Predictor):
@@ -146,32 +169,50 @@ class PriorPredictor(Predictor):
     def __init__(self, by: str | None = "task", smoothing: float = 10.0):
         self.by, self.smoothing = by, float(smoothing)
 
-    def predict(self, ctx):
+    def predict(self, ctx, mats=None):
+        mats = ctx.test if mats is None else mats
         tr = ctx.train
         if tr is None or tr.n == 0:
             raise ValueError("PriorPredictor needs a train split")
         overall = tr.scores.mean(axis=0)
         if not self.by:
-            return np.broadcast_to(overall, ctx.test.scores.shape).copy()
+            return np.broadcast_to(overall, mats.scores.shape).copy()
         g = pd.DataFrame(tr.scores).groupby(tr.queries[self.by].to_numpy())
         sums, counts = g.sum(), g.size()
         rate = (sums.to_numpy() + self.smoothing * overall) / (counts.to_numpy()[:, None] + self.smoothing)
         table = pd.DataFrame(rate, index=sums.index)
-        out = table.reindex(ctx.test.queries[self.by].to_numpy()).to_numpy()
+        out = table.reindex(mats.queries[self.by].to_numpy()).to_numpy()
         return np.where(np.isnan(out), overall[None, :], out)
 
 
 class PolicyRouter(Router):
-    """P̂ from a predictor, swept through a policy (λ willingness-to-pay, threshold, strong-win)."""
+    """P̂ from a predictor, swept through a policy (λ willingness-to-pay, threshold, strong-win, ...).
 
-    def __init__(self, predictor: Predictor, policy: Policy, name: str | None = None):
+    With `calibration` ({target: premium_share | usd_per_1k | pct_premium_accuracy, value: x}), the
+    policy parameter is picked on the val split to hit the target, and the achieved value on the
+    replayed split is reported with a bootstrap CI (see kronaxis_lab.routing.calibration).
+    """
+
+    def __init__(self, predictor: Predictor, policy: Policy, name: str | None = None,
+                 calibration: dict | None = None):
         self.predictor, self.policy = predictor, policy
         self.name = name or f"{type(predictor).__name__}+{policy.name}"
+        self.calibration = dict(calibration) if calibration else None
+
+    def _predict(self, ctx: ReplayContext, mats: Matrices) -> np.ndarray:
+        P = np.asarray(self.predictor.predict(ctx, mats), float)
+        if P.shape != mats.scores.shape:
+            raise ValueError(f"{self.name}: predictions have shape {P.shape}, expected {mats.scores.shape}")
+        return P
 
     def route(self, ctx):
-        P = np.asarray(self.predictor.predict(ctx), float)
-        if P.shape != ctx.test.scores.shape:
-            raise ValueError(f"{self.name}: predictions have shape {P.shape}, expected {ctx.test.scores.shape}")
+        P = self._predict(ctx, ctx.test)
         cost = ctx.expected_cost if ctx.expected_cost is not None else ctx.test.costs
+        self.policy.bind(ctx.fleet, ctx.test.queries)
         params, choices = self.policy.sweep(P, cost)
-        return {self.name: RouteResult(choices, params, self.policy.name, predictions=P)}
+        rr = RouteResult(choices, params, self.policy.name, predictions=P)
+        if self.calibration:
+            from kronaxis_lab.routing.calibration import calibrate_router
+
+            rr.info["calibration"] = calibrate_router(self, ctx, P, cost, **self.calibration)
+        return {self.name: rr}

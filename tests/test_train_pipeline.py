@@ -1,0 +1,166 @@
+"""Labels, calibration on a synthetic table with a known answer, and train → replay end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronaxis_lab.data.fleet import Fleet
+from kronaxis_lab.data.tables import Matrices
+from kronaxis_lab.routing import labels
+from kronaxis_lab.routing.calibration import calibrate_router
+from kronaxis_lab.routing.policies import LatencySLO, StrongWinThreshold, TaskCostCeiling, Threshold, WillingnessToPay
+from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext
+from tests.conftest import compose
+
+
+def test_labels_by_hand():
+    s = np.array([[1.0, 1.0, 1.0], [0.0, 0.4, 1.0], [0.0, 0.0, 0.0], [0.2, 0.6, 0.5]])
+    np.testing.assert_array_equal(labels.cheapest_sufficient_tier(s, threshold=0.5), [0, 2, 2, 1])
+    np.testing.assert_array_equal(labels.cheapest_sufficient_tier(s, none="extra_class"), [0, 2, 3, 1])
+    np.testing.assert_array_equal(labels.cheapest_sufficient_tier(s, none="best"), [0, 2, 0, 1])
+    np.testing.assert_allclose(labels.strong_win(s[:, [0, 2]]), [0, 1, 0, 0.3])
+    np.testing.assert_array_equal(labels.relaxed_sufficient(s, t=0.15), [[1, 1, 1], [0, 0, 1], [1, 1, 1], [0, 1, 1]])
+    y = labels.make_targets("strong_win", s[:, [0, 2]], soft=False)
+    np.testing.assert_array_equal(y, [[1, 0], [0, 1], [1, 0], [0, 1]])  # row 3: 0.5 > 0.2 → strong wins
+    with pytest.raises(ValueError, match="unknown target kind"):
+        labels.make_targets("nope", s)
+
+
+def test_latency_slo_and_task_ceiling():
+    fleet = Fleet.from_config({"models": {"a": {"tier": 0, "latency_p95_s": 0.5}, "b": {"tier": 1, "latency_p95_s": 9.0},
+                                          "c": {"tier": 2}}})
+    q = pd.DataFrame({"task": ["math", "chat"]})
+    P = np.array([[0.2, 0.9, 0.6], [0.9, 0.95, 0.97]])
+    cost = np.array([[1.0, 2.0, 3.0]] * 2)
+    slo = LatencySLO(Threshold(), slo_s=1.0).bind(fleet, q)
+    # b is too slow; τ=0.5 → q0: a (0.2) fails, c (0.6) ok → c; q1: a
+    np.testing.assert_array_equal(slo.choose(P, cost, [0.5]), [[2, 0]])
+    np.testing.assert_array_equal(LatencySLO(WillingnessToPay(), 1.0).bind(fleet, q).choose(P, cost, [np.inf]), [[2, 2]])
+    tc = TaskCostCeiling(min_score={"math": 0.8, "default": 0.5}, max_cost={"math": 2.5}).bind(fleet, q)
+    # math: b (0.9 ≥ 0.8, $2 ≤ 2.5); chat: a (0.9 ≥ 0.5)
+    np.testing.assert_array_equal(tc.choose(P, cost, [0.0]), [[1, 0]])
+
+
+class Known(Predictor):
+    def __init__(self, win):
+        self.win = win
+
+    def predict(self, ctx, mats=None):
+        mats = ctx.test if mats is None else mats
+        w = self.win[mats.queries["query_id"].astype(int).to_numpy()]
+        return np.stack([np.full_like(w, 0.5), 0.5 + w / 2], axis=1)
+
+
+def _mats(ids, rng):
+    n = len(ids)
+    scores = (rng.random((n, 2)) < [0.6, 0.8]).astype(float)
+    return Matrices(queries=pd.DataFrame({"query_id": ids.astype(str), "task": "t", "text": "x"}), model_names=["w", "s"],
+                    scores=scores, correct=scores.astype(bool), costs=np.tile([1.0, 10.0], (n, 1)),
+                    input_tokens=np.ones((n, 2)), output_tokens=np.ones((n, 2)))
+
+
+def test_calibration_hits_target_with_known_answer():
+    """Win scores are uniform: sending a share p to the strong model needs τ = 1 − p; the achieved test share
+    must be ≈ 0.3 and its 95 % CI must cover 0.3."""
+    rng = np.random.default_rng(0)
+    win = rng.random(8000)
+    fleet = Fleet.from_config({"models": {"w": {"tier": 0, "price_in": 1}, "s": {"tier": 1, "price_in": 10}}})
+    val, test = _mats(np.arange(4000), rng), _mats(np.arange(4000, 8000), rng)
+    ctx = ReplayContext(test=test, fleet=fleet, val=val, train=val)
+    router = PolicyRouter(Known(win), StrongWinThreshold(), "known")
+    P = router._predict(ctx, test)
+    out = calibrate_router(router, ctx, P, test.costs, target="premium_share", value=0.3, n_boot=400)
+    # P_s − P_w = win/2, so share 0.3 ↔ win ≥ 0.7 ↔ τ ≈ 0.35
+    assert out["param"] == pytest.approx(0.35, abs=0.01)
+    assert abs(out["val_achieved"] - 0.3) < 0.01 and out["val_achieved"] <= 0.3
+    assert abs(out["test_achieved"] - 0.3) < 0.03
+    assert out["test_ci"][0] <= 0.3 <= out["test_ci"][1] and out["test_ci"][1] - out["test_ci"][0] < 0.06
+    budget = calibrate_router(router, ctx, P, test.costs, target="usd_per_1k", value=4000.0, n_boot=200)
+    # $1k budget 4000 ↔ 1000·(1 + 9p) ≤ 4000 ↔ p ≤ 1/3
+    assert budget["val_achieved"] <= 4000 and abs(budget["test_premium_share"] - 1 / 3) < 0.04
+    with pytest.raises(ValueError, match="calibration target"):
+        calibrate_router(router, ctx, P, test.costs, target="vibes", value=1)
+
+
+def learnable_dataset(n=400, seed=0):
+    """'prove'/'integral' queries fail on the cheap model; chit-chat succeeds on both."""
+    rng = np.random.default_rng(seed)
+    hard_words = ["prove the theorem about", "compute the integral of", "derive the closed form for"]
+    easy_words = ["say hello to", "what colour is", "tell me a joke about"]
+    things = ["cats", "primes", "rivers", "matrices", "clouds", "graphs", "tea", "stars", "bridges", "music"]
+    rows, outs = [], []
+    for i in range(n):
+        hard = i % 2 == 0
+        text = f"{rng.choice(hard_words if hard else easy_words)} {rng.choice(things)} number {i}"
+        rows.append({"query_id": f"q{i}", "text": text, "task": "hard" if hard else "easy"})
+        weak_ok = (not hard) and rng.random() < 0.95 or hard and rng.random() < 0.1
+        outs += [{"query_id": f"q{i}", "model": "weak", "score": float(weak_ok), "input_tokens": 10, "output_tokens": 10},
+                 {"query_id": f"q{i}", "model": "strong", "score": float(rng.random() < 0.95), "input_tokens": 10, "output_tokens": 10}]
+    fleet = {"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1}, "strong": {"tier": 1, "price_in": 20, "price_out": 20}}}
+    return pd.DataFrame(rows), pd.DataFrame(outs), fleet
+
+
+def test_train_then_replay_pipeline(tmp_path):
+    from kronaxis_lab.data.importers.base import Importer
+    from kronaxis_lab.pipelines.replay import run as replay_run
+    from kronaxis_lab.pipelines.train import run as train_run
+
+    q, o, fleet = learnable_dataset()
+
+    class Raw(Importer):
+        def read(self, store):
+            return q, o
+
+    ds = Raw(fleet=fleet, name="learnable").build(q, o)
+    ds.save(tmp_path / "ds")
+    over = ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"]
+    tr = train_run(compose("train", over, tmp_path / "train"))
+    assert (tmp_path / "train/classifier/classifier.json").is_file()
+    m = json.loads((tmp_path / "train/train_metrics.json").read_text())
+    assert m["val"]["per_model"]["weak"]["auc"] > 0.9  # learnable: hard queries fail on weak
+
+    rp = replay_run(compose("replay", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}",
+                                       f"classifier_dir={tr['classifier_dir']}",
+                                       "calibration={target:premium_share,value:0.6}"], tmp_path / "replay"))
+    r = rp["metrics"]
+    trained = [k for k in r if k.startswith("TfidfLogRegRouter")]
+    assert len(trained) == 3  # wtp, threshold, strong_win (2-model fleet)
+    best = max(trained, key=lambda k: r[k]["aiq"])
+    assert r[best]["aiq"] > r["random"]["aiq"] + 0.02
+    assert r[best]["savings_at_95pct_premium"] > 0.3
+    cal = r[trained[0]]["calibration"]
+    assert cal["target"] == "premium_share" and cal["test_achieved"] <= 0.75
+    rep = (tmp_path / "replay/report.md").read_text()
+    assert "TfidfLogRegRouter" in rep
+
+
+def test_replay_refuses_leaky_split(tmp_path):
+    from kronaxis_lab.data.importers.base import Importer
+    from kronaxis_lab.pipelines.replay import run as replay_run
+    from kronaxis_lab.pipelines.train import run as train_run
+
+    q, o, fleet = learnable_dataset(120)
+
+    class Raw(Importer):
+        def read(self, store):
+            return q, o
+
+    Raw(fleet=fleet, name="x").build(q, o).save(tmp_path / "ds")
+    tr = train_run(compose("train", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"], tmp_path / "t"))
+    cfg = compose("replay", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "dataset.split.seed=7",
+                             f"classifier_dir={tr['classifier_dir']}"], tmp_path / "r")
+    with pytest.raises(ValueError, match="training queries may be in this test split"):
+        replay_run(cfg)
+
+
+def test_bad_classifier_dir_is_clear(tmp_path):
+    from kronaxis_lab.classifiers.base import ClassifierLoadError
+    from kronaxis_lab.pipelines.replay import run as replay_run
+
+    (tmp_path / "empty").mkdir()
+    cfg = compose("replay", ["dataset=routerbench", "dataset.path=tests/fixtures/routerbench",
+                             f"classifier_dir={tmp_path / 'empty'}"], tmp_path / "r")
+    with pytest.raises(ClassifierLoadError, match="classifier.json is missing"):
+        replay_run(cfg)
