@@ -86,6 +86,8 @@ def test_replay_golden_tiny():
     # CPT(50%): PGR = (acc − 0.5)/(0.75 − 0.5); reaching 0.625 needs half of q2's step → share 0.25·0.5+... (≤ 0.5)
     assert 0 < fx["cpt50"] <= 0.5
     assert set(r) >= {"oracle", "random", "always:weak", "always:strong"}
+    # the oracle's budget curve dominates every router's hull
+    assert r["oracle"]["aiq"] >= max(v["aiq"] for v in r.values()) and r["oracle"]["kind"] == "sweep"
 
 
 def test_prior_predictor_uses_train_only():

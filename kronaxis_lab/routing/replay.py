@@ -113,14 +113,17 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
         curves[name] = (np.asarray(cost_k, float), np.asarray(acc_k, float), share_k)
     cmin, cmax = M.routerbench_cost_range([(c, a) for c, a, _ in curves.values()])
 
-    oracle_acc = None
-    if "oracle" in curves:
-        oracle_acc = float(curves["oracle"][1][0])
+    def op_index(name: str) -> int:
+        rr = results[name]
+        cost_k, acc_k, _ = curves[name]
+        return rr.headline if rr.headline is not None else _operating_point(cost_k, acc_k, 0.95 * premium_acc)
+
+    oracle_acc = float(curves["oracle"][1][op_index("oracle")]) if "oracle" in curves else None
     out: dict[str, dict[str, Any]] = {}
     chosen: dict[str, np.ndarray] = {}
     for name, rr in results.items():
         cost_k, acc_k, share_k = curves[name]
-        i = _operating_point(cost_k, acc_k, 0.95 * premium_acc)
+        i = op_index(name)
         ch = rr.choices[i]
         chosen[name] = ch
         point = M.summarize_choice(ch, test.scores, test.costs, test.correct, prem)

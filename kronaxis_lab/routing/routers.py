@@ -17,7 +17,7 @@ import pandas as pd
 
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
-from kronaxis_lab.routing.policies import Policy
+from kronaxis_lab.routing.policies import Policy, WillingnessToPay
 
 
 @dataclass
@@ -47,6 +47,7 @@ class RouteResult:
     param_name: str | None = None
     predictions: np.ndarray | None = None  # (n, m) P̂ used, when there is one
     info: dict[str, Any] = field(default_factory=dict)
+    headline: int | None = None  # operating point to summarise (None: the replay's default rule)
 
     @property
     def is_sweep(self) -> bool:
@@ -80,10 +81,15 @@ class Router(ABC):
 
 
 class OracleRouter(Router):
-    """Cheapest model that answered correctly (by recorded cost); the cheapest model if none did.
-    Upper bound, reads test outcomes by definition."""
+    """Upper bound; reads test outcomes by definition. Its headline point is the cheapest model that
+    answered correctly (by recorded cost; the cheapest model if none did). Its curve is the oracle under a
+    budget: argmax λ·correct − cost over λ (the λ = ∞ end is the headline point), so its AIQ is the
+    best any router could reach on this data."""
 
     name = "oracle"
+
+    def __init__(self, num: int = 60):
+        self.num = num
 
     def route(self, ctx):
         t = ctx.test
@@ -91,7 +97,12 @@ class OracleRouter(Router):
         pick = masked.argmin(axis=1)
         none = ~t.correct.any(axis=1)
         pick[none] = t.costs[none].argmin(axis=1) if none.any() else pick[none]
-        return {self.name: RouteResult(pick[None, :].astype(np.int32))}
+        wtp = WillingnessToPay(num=self.num)
+        truth = t.correct.astype(float)
+        params = wtp.default_params(truth, t.costs)[:-1]  # finite λ; the exact headline point is appended
+        choices = np.vstack([wtp.choose(truth, t.costs, params), pick[None, :].astype(np.int32)])
+        params = np.append(params, np.inf)
+        return {self.name: RouteResult(choices, params, "lambda", headline=len(params) - 1)}
 
 
 class AlwaysRouter(Router):
