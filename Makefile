@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads starve the other processes on 2 cores
 PYTEST_ARGS ?=
 
 .PHONY: help setup data demo test test-fast bench clean
