@@ -1,0 +1,112 @@
+"""Fallback wrapper: use the primary classifier, and a dependable one (usually `RuleRouter`) when it fails.
+
+    clf = FallbackClassifier(primary=KNNRouter(...), fallback=RuleRouter(model_names=fleet))
+
+`predict_proba` calls the primary; if it is missing, not fitted, raises, or returns the wrong shape, the
+whole batch comes from the fallback; rows the primary returns with non-finite values are filled from the
+fallback row by row. Each use is logged and counted in `n_fallback_rows_` (per process, not saved).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._common import check_fit_inputs
+from .base import Classifier, _as_list, load_classifier
+
+log = logging.getLogger(__name__)
+
+
+class FallbackClassifier(Classifier):
+    def __init__(self, primary: Classifier | None = None, fallback: Classifier | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.n_fallback_rows_ = 0
+
+    def get_config(self) -> dict[str, Any]:
+        return {}  # both parts are saved as sub-directories by _save_state
+
+    @property
+    def model_names_(self) -> list[str]:  # type: ignore[override]
+        for part in (self.primary, self.fallback):
+            names = getattr(part, "model_names_", None)
+            if names:
+                return list(names)
+        if getattr(self, "_names", None):
+            return list(self._names)
+        raise AttributeError("FallbackClassifier: neither part knows its model_names_ yet")
+
+    @model_names_.setter
+    def model_names_(self, names: list[str]) -> None:
+        # load_classifier sets this after _load_state; the parts already carry their own names
+        self._names = list(names)
+
+    def fit(
+        self,
+        queries: Sequence[str],
+        targets: np.ndarray,
+        model_names: Sequence[str],
+        val_queries: Sequence[str] | None = None,
+        val_targets: np.ndarray | None = None,
+    ) -> "FallbackClassifier":
+        """Fit both parts on the same data (a failing primary fit propagates: training should be loud)."""
+        if self.fallback is None:
+            raise ValueError("FallbackClassifier needs a fallback classifier")
+        check_fit_inputs(queries, targets, model_names)
+        if self.primary is not None:
+            self.primary.fit(queries, targets, model_names, val_queries, val_targets)
+        self.fallback.fit(queries, targets, model_names, val_queries, val_targets)
+        return self
+
+    def _from_fallback(self, queries: list[str], names: list[str]) -> np.ndarray:
+        if self.fallback is None:
+            raise ValueError("FallbackClassifier: the primary failed and there is no fallback")
+        p = np.asarray(self.fallback.predict_proba(queries), dtype=np.float64)
+        fb_names = list(self.fallback.model_names_)
+        if fb_names != names:  # same fleet in another column order
+            missing = set(names) - set(fb_names)
+            if missing:
+                raise ValueError(f"FallbackClassifier: fallback lacks models {sorted(missing)}")
+            p = p[:, [fb_names.index(n) for n in names]]
+        return p
+
+    def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
+        queries = _as_list(queries)
+        names = self.model_names_
+        try:
+            if self.primary is None:
+                raise RuntimeError("no primary classifier")
+            p = np.asarray(self.primary.predict_proba(queries), dtype=np.float64)
+            if p.shape != (len(queries), len(names)):
+                raise ValueError(f"primary returned shape {p.shape}, expected {(len(queries), len(names))}")
+        except Exception as e:  # noqa: BLE001 - any primary failure is what a fallback is for
+            log.warning("primary classifier unavailable (%s: %s); using the fallback for %d queries",
+                        type(e).__name__, e, len(queries))
+            self.n_fallback_rows_ += len(queries)
+            return self._from_fallback(queries, names)
+        bad = ~np.isfinite(p).all(axis=1)
+        if bad.any():
+            log.warning("primary classifier gave non-finite scores for %d queries; using the fallback", bad.sum())
+            self.n_fallback_rows_ += int(bad.sum())
+            p[bad] = self._from_fallback([q for q, b in zip(queries, bad) if b], names)
+        return p
+
+    def _save_state(self, directory: Path) -> None:
+        if self.primary is not None:
+            self.primary.save_pretrained(directory / "primary")
+        if self.fallback is not None:
+            self.fallback.save_pretrained(directory / "fallback")
+
+    def _load_state(self, directory: Path) -> None:
+        # a primary that cannot be loaded (missing files, optional dependency absent) leaves the fallback
+        self.fallback = load_classifier(directory / "fallback")
+        try:
+            self.primary = load_classifier(directory / "primary")
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not load the primary classifier from %s (%s); serving from the fallback",
+                        directory / "primary", e)
+            self.primary = None

@@ -1,0 +1,125 @@
+"""TF-IDF + one logistic regression per model: the classic text-classification baseline.
+
+    x = TfidfVectorizer(**tfidf)(q);   P̂_j(q) = σ(w_j·x + b_j)
+
+Soft labels y ∈ [0, 1] (`soft_labels: weights`, the default): every training query appears twice, as a
+positive with sample weight y_ij and as a negative with weight 1 − y_ij. The weighted log-loss then equals
+the cross-entropy against the soft target, −[y log p + (1 − y) log(1 − p)], so fractional grades are used
+exactly; for 0/1 labels it is the ordinary fit. `soft_labels: threshold` instead fits on 1[y ≥ threshold].
+NaN targets (outcome not observed) are left out of that model's fit. A model whose targets are all one
+class gets a constant prediction (its weighted success rate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._common import check_fit_inputs, to_plain
+from .base import Classifier, _as_list
+
+STATE_FILE = "tfidf_logreg.joblib"
+
+
+class TfidfLogRegRouter(Classifier):
+    def __init__(
+        self,
+        tfidf: Mapping[str, Any] | None = None,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        class_weight: str | None = None,
+        soft_labels: str = "weights",
+        threshold: float = 0.5,
+        show_progress: bool = True,
+    ) -> None:
+        self.tfidf = tfidf
+        self.C = C
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+        self.soft_labels = soft_labels
+        self.threshold = threshold
+        self.show_progress = show_progress
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "tfidf": to_plain(self.tfidf),
+            "C": self.C,
+            "max_iter": self.max_iter,
+            "class_weight": self.class_weight,
+            "soft_labels": self.soft_labels,
+            "threshold": self.threshold,
+            "show_progress": self.show_progress,
+        }
+
+    def _vectorizer(self):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        kw = to_plain(self.tfidf) or {}
+        if "ngram_range" in kw:  # YAML gives a list, sklearn wants a tuple
+            kw["ngram_range"] = tuple(kw["ngram_range"])
+        return TfidfVectorizer(**kw)
+
+    def fit(
+        self,
+        queries: Sequence[str],
+        targets: np.ndarray,
+        model_names: Sequence[str],
+        val_queries: Sequence[str] | None = None,
+        val_targets: np.ndarray | None = None,
+    ) -> "TfidfLogRegRouter":
+        from scipy import sparse
+        from sklearn.linear_model import LogisticRegression
+
+        if self.soft_labels not in ("weights", "threshold"):
+            raise ValueError(f"soft_labels '{self.soft_labels}' is not one of weights, threshold")
+        queries, y, model_names = check_fit_inputs(queries, targets, model_names)
+        if not queries:
+            raise ValueError("TfidfLogRegRouter.fit: no training queries")
+        self.model_names_ = model_names
+        self.vectorizer_ = self._vectorizer().fit(queries)
+        X = self.vectorizer_.transform(queries)
+        self.models_: list[Any] = []
+        for j in tqdm(range(len(model_names)), desc="tfidf-logreg", disable=not self.show_progress):
+            obs = np.isfinite(y[:, j])
+            Xj, yj = X[obs], y[obs, j]
+            if self.soft_labels == "threshold":
+                Xs, labels, w = Xj, (yj >= self.threshold).astype(int), np.ones(len(yj))
+            else:
+                Xs = sparse.vstack([Xj, Xj]).tocsr()
+                labels = np.r_[np.ones(len(yj), int), np.zeros(len(yj), int)]
+                w = np.r_[yj, 1.0 - yj]
+            keep = w > 0
+            classes = np.unique(labels[keep])
+            if len(classes) < 2:  # nothing to separate: predict the observed rate
+                rate = float(np.sum(w * labels) / np.sum(w)) if np.sum(w) > 0 else 0.5
+                self.models_.append(rate)
+                continue
+            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
+            self.models_.append(clf.fit(Xs[keep], labels[keep], sample_weight=w[keep]))
+        return self
+
+    def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
+        queries = _as_list(queries)
+        if not queries:
+            return np.zeros((0, len(self.model_names_)))
+        X = self.vectorizer_.transform(queries)
+        cols = [
+            np.full(len(queries), m) if isinstance(m, float) else m.predict_proba(X)[:, list(m.classes_).index(1)]
+            for m in self.models_
+        ]
+        return np.stack(cols, axis=1)
+
+    def _save_state(self, directory: Path) -> None:
+        import joblib
+
+        joblib.dump({"vectorizer": self.vectorizer_, "models": self.models_}, directory / STATE_FILE)
+
+    def _load_state(self, directory: Path) -> None:
+        import joblib
+
+        # joblib/pickle: only load directories you trust (as with any pickled sklearn model)
+        state = joblib.load(directory / STATE_FILE)
+        self.vectorizer_, self.models_ = state["vectorizer"], state["models"]
