@@ -1,25 +1,117 @@
-"""kronaxis-export — not implemented yet; the entry point exists so the command contract is stable."""
+"""kronaxis-export: a trained classifier (a kronaxis-train run dir) → a versioned production bundle.
+
+    kronaxis-export run_dir=outputs/train/<run> hydra.run.dir=<out>            # → <out>/bundle/
+    kronaxis-export run_dir=<run> policy=threshold calibration={target:premium_share,value:0.2}
+    kronaxis-export run_dir=<run> policies=latency_slo policy=wtp_slo governance=local_cloud
+
+Writes <out>/bundle/ (model.onnx, model.int8.onnx, tokenizer/, router.json, metrics.json, README.md; see
+kronaxis_lab/export/bundle.py), loadable with `kronaxis_lab.export.bundle.load_bundle`. The dataset is the
+one the classifier was trained on (its train_info.json), unless `dataset=` is given.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kronaxis_lab.pipelines.common import CONFIG_DIR
+from kronaxis_lab.pipelines.common import CONFIG_DIR, load_dataset, output_dir
+
+log = logging.getLogger("kronaxis_lab.export")
+
+BUNDLE_SUBDIR = "bundle"
+
+
+def classifier_dir_of(run_dir: Path) -> Path:
+    """`<run>/classifier` for a kronaxis-train run dir; the dir itself when it is a classifier dir."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir {run_dir} does not exist (pass a kronaxis-train output directory)")
+    if (run_dir / "classifier.json").is_file():
+        return run_dir
+    if (run_dir / "classifier" / "classifier.json").is_file():
+        return run_dir / "classifier"
+    raise FileNotFoundError(f"run_dir {run_dir} holds no classifier/classifier.json: not a kronaxis-train output")
+
+
+def _train_info(clf_dir: Path) -> dict[str, Any]:
+    path = clf_dir / "train_info.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: export needs the dataset and split the classifier was trained "
+                                "on (kronaxis-train writes it)")
+    return json.loads(path.read_text())
+
+
+def _dataset_cfg(cfg: DictConfig, info: dict[str, Any]) -> DictConfig:
+    """`cfg` with `dataset` set to the training dataset (train_info.json) unless one was given."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if not cfg.get("dataset"):
+            node = dict(info["dataset_config"])
+            node["fleet"] = info.get("fleet")
+            cfg.dataset = OmegaConf.create(node)
+    return cfg
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    raise NotImplementedError("kronaxis-export is not implemented yet (see the project's open issues)")
+    from kronaxis_lab.export.exporter import ExportSettings, check_exportable, classifier_class, export_bundle
+    from kronaxis_lab.pipelines.replay import build_routers, check_split
+
+    out = output_dir(cfg)
+    run_dir = Path(str(cfg.run_dir)).expanduser()
+    clf_dir = classifier_dir_of(run_dir)
+    check_exportable(classifier_class(clf_dir), f"{clf_dir} (classifier.json)")  # before loading any data
+    info = _train_info(clf_dir)
+    dcfg = _dataset_cfg(cfg, info)
+    if cfg.get("dataset"):
+        check_split(clf_dir, dcfg, 0)  # a different split config could put training queries in the test split
+    ds = load_dataset(dcfg)
+
+    policies = cfg.get("policies") or {}
+    if cfg.policy not in policies:
+        raise ValueError(f"policy={cfg.policy} is not in the policies group {sorted(policies)} "
+                         "(pick one, or select another group, e.g. policies=latency_slo policy=wtp_slo)")
+    policy_node = OmegaConf.to_container(policies[cfg.policy], resolve=True)
+    calib = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
+    dop = OmegaConf.to_container(cfg.default_operating_point, resolve=True) if cfg.get("default_operating_point") else None
+    gov = OmegaConf.to_container(cfg.governance, resolve=True) if cfg.get("governance") else None
+    # the salt stays an ${oc.env:...} interpolation: resolved by the server at start-up, never stored in the bundle
+    sticky = OmegaConf.to_container(cfg.stickiness, resolve=False) if cfg.get("stickiness") else None
+    settings = ExportSettings(
+        opset=int(cfg.onnx.opset), max_length=cfg.onnx.get("max_length"),
+        quantize_per_channel=bool(cfg.onnx.quantize.per_channel),
+        quantize_reduce_range=bool(cfg.onnx.quantize.reduce_range),
+        quantize_exclude_nodes=tuple(str(x) for x in (cfg.onnx.quantize.get("exclude_nodes") or [])),
+        parity_n=int(cfg.parity.n), fp32_max_abs_diff=float(cfg.parity.fp32_max_abs_diff),
+        int8_min_agreement=float(cfg.parity.int8_min_agreement), prefer_variant=str(cfg.parity.prefer_variant),
+        batch_size=int(cfg.runtime.batch_size), intra_op_threads=cfg.runtime.get("intra_op_threads"),
+        replay=bool(cfg.metrics.replay), n_boot=int(cfg.metrics.n_boot), seed=int(cfg.seed),
+        overwrite=bool(cfg.overwrite),
+        splits={"train": info.get("train_split", "train"), "val": info.get("val_split", "val"),
+                "test": str(cfg.metrics.split)},
+    )
+    metrics_path = clf_dir.parent / "train_metrics.json"
+    train_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    routers = build_routers(cfg) if cfg.metrics.replay else {}
+    source = {"run_dir": str(run_dir.resolve()), "train_info": {k: v for k, v in info.items() if k != "fleet"}}
+    log.info("exporting %s with policy %s → %s", clf_dir, cfg.policy, out / BUNDLE_SUBDIR)
+    return export_bundle(clf_dir, out / BUNDLE_SUBDIR, ds, policy_name=str(cfg.policy), policy_config=policy_node,
+                         calibration=calib, default_operating_point=dop, governance=gov, stickiness=sticky,
+                         reference_routers=routers, settings=settings, train_metrics=train_metrics, source=source)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except NotImplementedError as e:
-        raise SystemExit(str(e)) from None
+    res = run(cfg)
+    meta = res["meta"]
+    par = meta["parity"]
+    print(json.dumps({"bundle": res["bundle_dir"], "bundle_id": meta["bundle_id"],
+                      "policy": f"{meta['policy']['name']}@{meta['policy']['param']}",
+                      "default_variant": meta["default_variant"], "fp32_max_abs_diff": par["fp32"]["max_abs_diff"],
+                      "int8_decision_agreement": par["int8"]["decision_agreement"]}, indent=2))
 
 
 if __name__ == "__main__":

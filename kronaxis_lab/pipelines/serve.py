@@ -1,25 +1,77 @@
-"""kronaxis-serve — not implemented yet; the entry point exists so the command contract is stable."""
+"""kronaxis-serve: the OpenAI-compatible router over an exported bundle.
+
+    kronaxis-serve bundle=<bundle dir> server.host=127.0.0.1 server.port=8080
+    kronaxis-serve bundle=<dir> upstreams=local_cpu                      # chat → configs/upstreams/local_cpu.yaml
+    kronaxis-serve bundle=<dir> governance=local_cloud settings.batching.max_batch=128
+    KRONAXIS_STICKY_SALT=<secret> kronaxis-serve bundle=<dir> ...        # same salt in every process behind the LB
+
+Without upstreams the router still answers POST /v1/route (decisions) and /v1/chat/completions answers 503.
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from kronaxis_lab.pipelines.common import CONFIG_DIR
+from kronaxis_lab.pipelines.common import CONFIG_DIR, build
+from kronaxis_lab.serving.settings import ServeConfigError, ServeSettings
+
+log = logging.getLogger("kronaxis_lab.serve")
+
+
+def build_app(cfg: DictConfig) -> Any:
+    """Load the bundle and build the FastAPI app from a composed serve config (pure: no server started)."""
+    from hydra.errors import InstantiationException
+
+    from kronaxis_lab.export.bundle import load_bundle
+    from kronaxis_lab.serving.app import create_app
+    from kronaxis_lab.serving.components import build_governance, stickiness_factory
+
+    if not cfg.get("bundle"):
+        raise ServeConfigError("kronaxis-serve needs bundle=<dir> (a directory written by kronaxis-export)")
+    bundle_dir = Path(str(cfg.bundle)).expanduser()
+    if not bundle_dir.is_dir():
+        raise ServeConfigError(f"bundle={bundle_dir}: no such directory")
+    log.info("Loading bundle <%s>", bundle_dir)
+    opts = OmegaConf.to_container(cfg.bundle_options, resolve=True) if cfg.get("bundle_options") else {}
+    bundle = load_bundle(bundle_dir, **opts)
+    try:
+        upstreams = build(cfg.upstreams, "upstreams") if cfg.get("upstreams") else None
+    except InstantiationException as e:  # e.g. an API-key env var that is not set
+        raise ServeConfigError(f"upstreams: {e.__cause__ or e}") from e
+    governance = build_governance(cfg.get("governance"), bundle)
+    stickiness = stickiness_factory(cfg.get("stickiness"), bundle)
+    settings = ServeSettings.from_config(
+        OmegaConf.to_container(cfg.settings, resolve=True) if cfg.get("settings") else None)
+    policies = OmegaConf.to_container(cfg.policies, resolve=True) if cfg.get("policies") else None
+    return create_app(bundle, upstreams, settings, governance=governance, stickiness=stickiness, policies=policies)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    raise NotImplementedError("kronaxis-serve is not implemented yet (see the project's open issues)")
+    """Serve until interrupted; returns where it served."""
+    import uvicorn
+
+    app = build_app(cfg)
+    s = cfg.server
+    log.info("kronaxis-serve listening on http://%s:%s", s.host, s.port)
+    config = uvicorn.Config(app, host=str(s.host), port=int(s.port), log_level=str(s.log_level),
+                            access_log=bool(s.access_log), timeout_keep_alive=int(s.timeout_keep_alive))
+    uvicorn.Server(config).run()
+    return {"host": str(s.host), "port": int(s.port)}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
+    from kronaxis_lab.export.bundle import BundleError
+
     try:
         run(cfg)
-    except NotImplementedError as e:
-        raise SystemExit(str(e)) from None
+    except (ServeConfigError, BundleError) as e:
+        raise SystemExit(f"kronaxis-serve: {e}") from None
 
 
 if __name__ == "__main__":

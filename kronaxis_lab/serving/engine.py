@@ -1,0 +1,448 @@
+"""The routing decision, batch-first: conversation → classifier → policy → stickiness → governance.
+
+For n conversations at once (one chat request, or a batch POST /v1/route):
+
+1. **classify** — the classifier reads the last user turn (what it was trained on), with earlier user turns
+   appended as context (`settings.classify`); texts of concurrent requests share one ONNX call (micro-batching).
+2. **policy** — the bundle's policy at its calibrated parameter (`bundle.decide`), or a per-request override
+   `kronaxis/<policy>:<param>` (policy built from the bundle's or the serve config's policy YAML).
+3. **stickiness** — requests with a session key (header or OpenAI `user`) never go below the tier of their
+   earlier turns (derived from the request itself, so every process agrees) or of a valid routing token:
+   tier = max(proposed, floor); a raised tier takes the cheapest model of at least that tier.
+4. **governance** — data classes found anywhere in the conversation (every string it carries) restrict the
+   models that may receive it; a disallowed choice moves to the cheapest allowed model of at least its tier,
+   else the strongest allowed one, else the request is refused. Governance runs last: it can veto anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kronaxis_lab.serving.batching import InferenceBatcher
+from kronaxis_lab.serving.settings import ServeConfigError, ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A client error, answered as an OpenAI-style error body with `status`."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code or str(self.status)}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------------------------------
+def _content_text(content: Any, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for k, p in enumerate(content):
+            if not isinstance(p, dict):
+                raise RequestError(400, f"{where}[{k}] must be an object (a content part)", param=f"{where}[{k}]")
+            if p.get("type", "text") == "text":
+                if not isinstance(p.get("text", ""), str):
+                    raise RequestError(400, f"{where}[{k}].text must be a string", param=f"{where}[{k}].text")
+                parts.append(p.get("text", ""))
+        return "\n".join(parts)
+    raise RequestError(400, f"{where} must be a string, a list of content parts or null, got {type(content).__name__}",
+                       param=where)
+
+
+def _strings(obj: Any) -> list[str]:
+    """Every string inside a JSON value (content, names, tool-call arguments, URLs): what governance scans.
+    Iterative, so a deeply nested body cannot exhaust the recursion limit."""
+    out, stack = [], [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            out.append(x)
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+        elif isinstance(x, list):
+            stack.extend(reversed(x))
+    return out
+
+
+@dataclass
+class Conversation:
+    """One request's conversation. `user_turns` are never empty (see `from_messages`)."""
+
+    user_turns: list[str]
+    full_text: str  # every string of every message, for the governance scan
+    session_key: str | None = None
+    route_token: str | None = None
+
+    @classmethod
+    def from_messages(cls, messages: Any, max_messages: int, where: str = "messages",
+                      session_key: str | None = None, route_token: str | None = None) -> "Conversation":
+        if messages is None:
+            raise RequestError(400, f"'{where}' is required", param=where)
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(400, f"'{where}' must be a non-empty list of messages", param=where)
+        if len(messages) > max_messages:
+            raise RequestError(400, f"'{where}' has {len(messages)} messages, more than the limit {max_messages}",
+                               param=where)
+        turns, last_text = [], ""
+        for k, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise RequestError(400, f"{where}[{k}] must be an object with 'role' and 'content'",
+                                   param=f"{where}[{k}]")
+            role = m.get("role")
+            if not isinstance(role, str) or not role:
+                raise RequestError(400, f"{where}[{k}].role must be a non-empty string", param=f"{where}[{k}].role")
+            text = _content_text(m.get("content"), f"{where}[{k}].content")
+            if text.strip():
+                last_text = text
+                if role == "user":
+                    turns.append(text)
+        if not last_text:
+            raise RequestError(400, f"'{where}' contains no text to route on", param=where)
+        full = "\n".join(s for m in messages for k, v in m.items() if k != "role" for s in _strings(v))
+        return cls(user_turns=turns or [last_text], full_text=full, session_key=session_key or None,
+                   route_token=route_token or None)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A per-request operating point: `kronaxis/<name>:<param>`."""
+
+    name: str
+    param: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.param:g}"
+
+
+@dataclass
+class Decision:
+    model: str | None
+    tier: int | None
+    scores: dict[str, float]
+    reasons: list[str]
+    policy: str
+    param: float | None
+    data_classes: list[str] = field(default_factory=list)
+    refused: bool = False
+    route_token: str | None = None
+    allowed: np.ndarray | None = None  # (m,) models this request may still go to (cross-model fallback)
+
+    def to_json(self) -> dict[str, Any]:
+        param = self.param if self.param is None or math.isfinite(self.param) else str(self.param)  # JSON: "inf"
+        return {"model": self.model, "tier": self.tier, "scores": self.scores, "reasons": self.reasons,
+                "policy": self.policy, "param": param, "data_classes": self.data_classes,
+                "refused": self.refused}
+
+
+class _NeedTiers(Exception):
+    def __init__(self, prefixes: list[tuple[str, ...]]) -> None:
+        self.prefixes = prefixes
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine
+# --------------------------------------------------------------------------------------------------
+class RoutingEngine:
+    """Routing decisions over a loaded bundle.
+
+    Args:
+        bundle: `load_bundle(dir)` result (model_names, fleet, premium, meta, predict_proba, decide).
+        governance: a `GovernancePolicy`.
+        stickiness_factory: variant key → `StickinessGuard` (one guard per policy operating point, so tiers
+            memoised under one threshold never leak into another); None disables stickiness.
+        settings: `ServeSettings`.
+        policies: policy name → Hydra config (with `_target_`) usable in `kronaxis/<name>:<param>`.
+        metrics: optional `RouterMetrics`.
+    """
+
+    def __init__(self, bundle: Any, governance: Any, stickiness_factory: Callable[[str], Any] | None,
+                 settings: ServeSettings, policies: Mapping[str, Any] | None = None, metrics: Any = None) -> None:
+        self.bundle, self.governance, self.settings, self.metrics = bundle, governance, settings, metrics
+        self.names: list[str] = [str(n) for n in bundle.model_names]
+        fleet = bundle.fleet
+        missing = [n for n in self.names if n not in fleet.names]
+        if missing:
+            raise ServeConfigError(f"bundle {getattr(bundle, 'dir', '?')}: models {missing} are not in its fleet")
+        specs = [fleet[n] for n in self.names]
+        self.tiers = np.array([s.tier for s in specs], dtype=np.int64)
+        self.price_in = np.array([s.price_in for s in specs]) / 1e6  # USD per token
+        self.price_out = np.array([s.price_out for s in specs]) / 1e6
+        self.premium = str(bundle.premium)
+        if self.premium not in self.names:
+            raise ServeConfigError(f"bundle premium model {self.premium!r} is not one of {self.names}")
+        self.premium_idx = self.names.index(self.premium)
+        pol = dict((bundle.meta or {}).get("policy") or {})
+        self.policy_name = str(getattr(bundle, "policy_name", None) or pol.get("name", "bundle"))
+        param = getattr(bundle, "param", pol.get("param"))
+        self.policy_param = None if param is None else float(param)  # router.json may say "inf"
+        # per-request policies: the serve config's, and the bundle's own (run by bundle.decide)
+        self.policy_configs = {**dict(policies or {}), self.policy_name: pol.get("config")}
+        self._policies: dict[str, Any] = {}
+        self._stickiness_factory = stickiness_factory
+        self._guards: dict[str, Any] = {}
+        kw = {} if settings.variant is None else {"variant": settings.variant}
+        b = settings.batching
+        # the worker thread runs classifier + policy per micro-batch (key = the request's operating point)
+        self.batcher = InferenceBatcher(lambda texts: bundle.predict_proba(texts, **kw), self.choose, b.max_batch,
+                                        b.max_wait_ms, b.enabled, workers=b.workers,
+                                        on_batch=metrics.batch_size.observe if metrics else None)
+
+    # -- request interpretation --------------------------------------------------------------------
+    def parse_model(self, model: Any) -> tuple[PolicySpec | None, int | None]:
+        """`model` field → (policy override or None, forced model index or None)."""
+        s = self.settings
+        if model is None:
+            if s.default_model is None:
+                raise RequestError(400, "'model' is required", param="model")
+            model = s.default_model
+        if not isinstance(model, str):
+            raise RequestError(400, "'model' must be a string", param="model")
+        if model in s.auto_models:
+            return None, None
+        if model in self.names:
+            return None, self.names.index(model)
+        if model.startswith(s.policy_prefix):
+            name, _, param = model[len(s.policy_prefix):].partition(":")
+            if name not in self.policy_configs or name == "":
+                raise RequestError(404, f"unknown routing policy {name!r} in model {model!r}; available: "
+                                   f"{sorted(self.policy_configs)} (or {s.auto_models[0]!r})",
+                                   param="model", code="model_not_found")
+            if not param:
+                if name == self.policy_name and self.policy_param is not None:
+                    return PolicySpec(name, float(self.policy_param)), None
+                raise RequestError(400, f"model {model!r} needs an operating parameter: "
+                                   f"'{s.policy_prefix}{name}:<number>'", param="model")
+            try:
+                value = float(param)
+            except ValueError:
+                raise RequestError(400, f"model {model!r}: parameter {param!r} is not a number",
+                                   param="model") from None
+            if math.isnan(value):
+                raise RequestError(400, f"model {model!r}: parameter is NaN", param="model")
+            return PolicySpec(name, value), None
+        raise RequestError(404, f"model {model!r} does not exist: use {s.auto_models[0]!r}, "
+                           f"'{s.policy_prefix}<policy>:<param>' or a fleet model {self.names}",
+                           param="model", code="model_not_found")
+
+    def classify_text(self, turns: Sequence[str]) -> str:
+        """Last user turn, then up to `context_turns` earlier ones (most recent first), bounded in length."""
+        c = self.settings.classify
+        ctx = [t[: c.context_max_chars] for t in reversed(turns[max(0, len(turns) - 1 - c.context_turns):-1])]
+        return c.separator.join([turns[-1], *ctx])[: c.max_chars]
+
+    # -- policy ------------------------------------------------------------------------------------
+    def _policy(self, name: str) -> Any:
+        if name not in self._policies:
+            from hydra.utils import instantiate
+
+            try:
+                pol = instantiate(self.policy_configs[name])
+                pol = pol.bind(self.bundle.fleet, None)
+            except Exception as e:  # noqa: BLE001 - e.g. a policy that needs per-query task labels
+                raise RequestError(400, f"policy {name!r} cannot be used per request: {type(e).__name__}: {e}",
+                                   param="model") from None
+            self._policies[name] = pol
+        return self._policies[name]
+
+    def expected_cost(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, m) USD known before the call: the bundle's cost model, else
+        ⌈chars/4⌉ input tokens · p_in + `expected_output_tokens` · p_out."""
+        if hasattr(self.bundle, "expected_cost"):
+            return np.asarray(self.bundle.expected_cost(list(texts)), dtype=float)
+        n_in = np.ceil(np.array([len(t) for t in texts], dtype=float) / 4.0)
+        return n_in[:, None] * self.price_in[None, :] + self.settings.expected_output_tokens * self.price_out[None, :]
+
+    def choose(self, P: np.ndarray, texts: Sequence[str], spec: PolicySpec | None) -> np.ndarray:
+        """Model index per row of P̂ under the bundle's policy (at its parameter, or the override's) or
+        another configured policy."""
+        texts = list(texts)
+        if spec is None:
+            idx = self.bundle.decide(P, texts)
+        elif spec.name == self.policy_name:
+            idx = self.bundle.decide(P, texts, param=spec.param)
+        else:
+            idx = self._policy(spec.name).choose(P, self.expected_cost(texts), [spec.param])[0]
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.shape != (P.shape[0],) or (len(idx) and (idx.min() < 0 or idx.max() >= len(self.names))):
+            raise RuntimeError(f"policy returned invalid model indices {idx.tolist()} for {P.shape[0]} queries")
+        return idx
+
+    # -- stickiness --------------------------------------------------------------------------------
+    def guard(self, spec: PolicySpec | None) -> Any:
+        if self._stickiness_factory is None or not self.settings.session.enabled:
+            return None
+        key = "default" if spec is None else spec.key
+        g = self._guards.get(key)
+        if g is None:
+            if len(self._guards) >= 64:  # bound memory under many distinct per-request operating points
+                self._guards.pop(next(iter(self._guards)))
+            g = self._guards[key] = self._stickiness_factory(key)
+        return g
+
+    async def _floor(self, guard: Any, keys: list[str], turns: list[list[str]],
+                     known: dict[tuple[str, ...], int], spec: PolicySpec | None) -> np.ndarray:
+        """`guard.floor` whose tier_fn classifies the prefixes it misses (batched, awaited outside the guard)."""
+        for _ in range(4):
+            def tier_fn(prefixes: list[tuple[str, ...]]) -> list[int]:
+                missing = [p for p in prefixes if p not in known]
+                if missing:
+                    raise _NeedTiers(missing)
+                return [known[p] for p in prefixes]
+
+            try:
+                return guard.floor(keys, turns, tier_fn)
+            except _NeedTiers as need:
+                uniq = list(dict.fromkeys(need.prefixes))
+                _, idx = await self.batcher.predict([self.classify_text(list(p)) for p in uniq], spec)
+                known.update(zip(uniq, (int(t) for t in self.tiers[idx])))
+        raise RuntimeError("stickiness floor did not settle")  # only if the cache thrashes between awaits
+
+    def _lift(self, pref: int, min_tier: int) -> int:
+        """`pref` if its tier is high enough, else the cheapest model of at least `min_tier`."""
+        if self.tiers[pref] >= min_tier:
+            return pref
+        ok = np.flatnonzero(self.tiers >= min_tier)
+        if not len(ok):
+            return int(np.argmax(self.tiers))
+        price = self.price_in + self.price_out
+        return int(ok[np.lexsort((self.tiers[ok], price[ok]))[0]])
+
+    # -- the decision ------------------------------------------------------------------------------
+    async def decide(self, convs: Sequence[Conversation], spec: PolicySpec | None = None, forced: int | None = None,
+                     available: np.ndarray | None = None) -> list[Decision]:
+        """Decisions for a batch. `available` (m,) bool: models that can be called (have an upstream)."""
+        n, m = len(convs), len(self.names)
+        texts = [self.classify_text(c.user_turns) for c in convs]
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        scores: list[dict[str, float]] = [{} for _ in range(n)]
+        policy_name = self.policy_name if spec is None else spec.name
+        param = self.policy_param if spec is None else spec.param
+        if forced is not None:
+            pref = np.full(n, forced, dtype=np.int64)
+            policy_name, param = "passthrough", None
+            for r in reasons:
+                r.append(f"model {self.names[forced]} requested by the client")
+        else:
+            try:
+                P, pref = await self.batcher.predict(texts, spec)
+                if P.shape != (n, m):
+                    raise RuntimeError(f"classifier returned shape {P.shape}, expected {(n, m)}")
+                pref = pref.copy()  # stickiness and governance adjust it in place
+            except RequestError:
+                raise
+            except Exception as e:  # noqa: BLE001 - fail open (premium) or 503, per settings
+                if self.metrics:
+                    self.metrics.classifier_failures.inc()
+                log.error("classifier failed: %s: %s", type(e).__name__, e)
+                if self.settings.classifier_failure == "error":
+                    raise RequestError(503, "the routing classifier is unavailable", type="service_unavailable",
+                                       code="classifier_unavailable") from None
+                P, pref, policy_name, param = None, np.full(n, self.premium_idx, dtype=np.int64), "fail_open", None
+                for r in reasons:
+                    r.append(f"classifier failed ({type(e).__name__}): fail-open to premium {self.premium}")
+            if P is not None:
+                for i in range(n):
+                    scores[i] = {name: round(float(P[i, j]), 4) for j, name in enumerate(self.names)}
+                    reasons[i].append(f"policy {policy_name}({param if param is None else f'{float(param):g}'}) "
+                                      f"-> {self.names[pref[i]]} (P={P[i, pref[i]]:.3f})")
+
+        # stickiness: tier = max(proposed, floor of earlier turns, token tier) for keyed requests
+        # (not for client-forced models, nor when the classifier failed: no tiers to compare)
+        guard = self.guard(spec) if forced is None and policy_name != "fail_open" else None
+        sticky_tier = self.tiers[pref].copy()
+        tokens: list[str | None] = [None] * n
+        keyed = [i for i, c in enumerate(convs) if c.session_key] if guard is not None else []
+        if keyed:
+            scheme_all = self.settings.session.scheme == "all_turns"
+            keys = [str(convs[i].session_key) for i in keyed]
+            turns = [convs[i].user_turns if scheme_all else convs[i].user_turns[:1] for i in keyed]
+            known = {tuple(convs[i].user_turns): int(self.tiers[pref[i]]) for i in keyed}
+            floor = await self._floor(guard, keys, turns, known, spec)
+            firsts = [convs[i].user_turns[0] for i in keyed]
+            routed = guard.apply(keys, firsts, self.tiers[pref[keyed]], floor,
+                                 tokens=[convs[i].route_token for i in keyed])
+            for k, i in enumerate(keyed):
+                if routed[k] > self.tiers[pref[i]]:
+                    new = self._lift(int(pref[i]), int(routed[k]))
+                    reasons[i].append(f"sticky: session floor tier {int(routed[k])} -> {self.names[new]}")
+                    if self.metrics:
+                        self.metrics.sticky_escalations.inc()
+                    pref[i] = new
+                sticky_tier[i] = max(int(routed[k]), int(self.tiers[pref[i]]))
+            issued = guard.issue_tokens(keys, firsts, sticky_tier[keyed])
+            for k, i in enumerate(keyed):
+                tokens[i] = issued[k]
+
+        # governance last: it may veto any model
+        full = [c.full_text for c in convs]
+        # a large batch is scanned off the event loop, so other requests keep flowing meanwhile
+        counts = await asyncio.to_thread(self.governance.count, full) if n > 16 else self.governance.count(full)
+        found = [set(c) for c in counts]
+        gov = self.governance.filter(np.ones((n, m), dtype=bool), found, self.names)
+        avail = gov if available is None else gov & np.asarray(available, dtype=bool)[None, :]
+        costs = self.price_in + self.price_out
+        fallback = self.governance.decide(pref, avail, self.tiers, costs)
+        out = []
+        for i in range(n):
+            p = int(pref[i])
+            chosen = p if avail[i, p] else fallback[i]
+            classes = sorted(found[i])
+            if classes:
+                reasons[i].append(f"governance: found {classes}")
+            if chosen != p:
+                why = (f"governance: {self.names[p]} may not receive {sorted(found[i])}" if not gov[i, p]
+                       else f"no upstream configured for {self.names[p]}")
+                if chosen is None:
+                    reasons[i].append(f"{why}; no allowed model available: refused")
+                else:
+                    reasons[i].append(f"{why} -> {self.names[chosen]}")
+                if self.metrics and not gov[i, p]:
+                    action = "refused" if chosen is None else "rerouted"
+                    for c in classes or ["unknown"]:
+                        self.metrics.governance_blocks.labels(action=action, data_class=c).inc()
+            if classes and chosen != p:
+                log.info("governance: %s", {"classes": dict(sorted(counts[i].items())), "preferred": self.names[p],
+                                            "chosen": None if chosen is None else self.names[chosen]})
+            out.append(Decision(
+                model=None if chosen is None else self.names[chosen],
+                tier=None if chosen is None else int(self.tiers[chosen]),
+                scores=scores[i], reasons=reasons[i], policy=policy_name,
+                param=None if param is None else float(param), data_classes=classes, refused=chosen is None,
+                route_token=tokens[i], allowed=avail[i].copy()))
+            if self.metrics and chosen is not None:
+                self.metrics.decisions.labels(model=self.names[chosen], tier=str(int(self.tiers[chosen]))).inc()
+        return out
+
+    def fallback_order(self, decision: Decision) -> list[int]:
+        """Other allowed models for a failed upstream: same-or-higher tiers cheapest first, then lower tiers
+        strongest first."""
+        if decision.allowed is None or decision.model is None:
+            return []
+        cur = self.names.index(decision.model)
+        price = self.price_in + self.price_out
+        ok = [j for j in np.flatnonzero(decision.allowed) if j != cur]
+        up = sorted((j for j in ok if self.tiers[j] >= self.tiers[cur]), key=lambda j: (price[j], self.tiers[j], j))
+        down = sorted((j for j in ok if self.tiers[j] < self.tiers[cur]), key=lambda j: (-self.tiers[j], price[j], j))
+        return [int(j) for j in up + down]
+
+    def usage_cost(self, model: str, input_tokens: float, output_tokens: float) -> tuple[float, float]:
+        """(cost of `model`, cost of the premium model) for the same token counts, USD."""
+        j = self.names.index(model)
+        p = self.premium_idx
+        return (input_tokens * self.price_in[j] + output_tokens * self.price_out[j],
+                input_tokens * self.price_in[p] + output_tokens * self.price_out[p])

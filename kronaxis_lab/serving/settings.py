@@ -1,0 +1,79 @@
+"""Router settings (the `settings:` block of configs/serve.yaml), validated with clear errors.
+
+Defaults are sized for one router process on a small CPU box; every value is overridable from the command
+line, e.g. `kronaxis-serve bundle=<dir> settings.batching.max_batch=128`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, Field, ValidationError
+
+
+class ServeConfigError(ValueError):
+    """The serve configuration is invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class BatchingSettings(_Strict):
+    """Micro-batching of classifier inference across concurrent requests."""
+
+    enabled: bool = True
+    max_batch: int = Field(32, ge=1)  # texts per classifier call (see configs/serve.yaml for the measured why)
+    max_wait_ms: float = Field(2.0, ge=0)  # how long the first text of a batch waits for company
+    workers: int = Field(1, ge=1)  # batches in flight at once; = cores with single-threaded ONNX sessions
+
+
+class LimitSettings(_Strict):
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # 413 beyond this (before JSON parsing)
+    max_messages: int = Field(512, ge=1)
+    max_route_batch: int = Field(1024, ge=1)  # requests in one POST /v1/route {"requests": [...]}
+
+
+class SessionSettings(_Strict):
+    """Where the stickiness session key and routing token come from."""
+
+    enabled: bool = True
+    header: str = "x-kronaxis-session"  # session key header; falls back to the OpenAI `user` field
+    use_user_field: bool = True
+    token_header: str = "x-kronaxis-route"  # signed routing token: returned, and accepted when echoed
+    scheme: Literal["all_turns", "first_turn"] = "all_turns"  # floor = max over all earlier turns | first turn
+
+
+class ClassifyTextSettings(_Strict):
+    """What the classifier reads: the last user turn (as in training), then the previous user turns as context.
+
+    The current turn goes first because the encoder truncates on the right: context never pushes the query out.
+    """
+
+    context_turns: int = Field(1, ge=0)  # earlier user turns appended as context
+    context_max_chars: int = Field(500, ge=0)  # per context turn
+    max_chars: int = Field(4000, ge=1)  # whole classifier input
+    separator: str = "\n\n"
+
+
+class ServeSettings(_Strict):
+    auto_models: list[str] = Field(default_factory=lambda: ["kronaxis/auto"])  # model names that mean "route"
+    policy_prefix: str = "kronaxis/"  # "kronaxis/<policy>:<param>" overrides the operating point
+    default_model: str | None = "kronaxis/auto"  # used when a request names no model (null: 400)
+    variant: str | None = None  # bundle ONNX variant (null = the bundle's default, e.g. int8)
+    expected_output_tokens: float = Field(256.0, ge=0)  # for the policy's expected cost when the bundle has none
+    classifier_failure: Literal["premium", "error"] = "premium"  # fail open to the premium model, or 503
+    fallback_across_models: bool = True  # when a model's whole endpoint chain fails, try the next allowed model
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    classify: ClassifyTextSettings = Field(default_factory=ClassifyTextSettings)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | "ServeSettings" | None) -> "ServeSettings":
+        if isinstance(cfg, ServeSettings):
+            return cfg
+        try:
+            return cls(**dict(cfg or {}))
+        except ValidationError as e:
+            raise ServeConfigError(f"serve settings: {e}") from e

