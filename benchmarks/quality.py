@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py --write benchmarks/quality.md
     .venv/bin/python benchmarks/quality.py --datasets llmrouter --classifiers tier_predictor knn tfidf_logreg
+    .venv/bin/python benchmarks/quality.py --classifiers tier_predictor@classifier.training_args.num_train_epochs=1 knn
 
 For each dataset: `kronaxis-train` each classifier (its val split drives early stopping; the test split is
 never seen), then one `kronaxis-replay` with all of them next to the reference routers (oracle, random,
@@ -57,9 +58,12 @@ def run_dataset(dataset: str, classifiers: list[str], out: Path, extra: list[str
     from kronaxis_lab.pipelines.train import run as train_run
 
     dirs, timing = [], {}
-    for clf in classifiers:
+    specs, classifiers = classifiers, []
+    for spec in specs:  # "name@override@override": per-classifier Hydra overrides
+        clf, *clf_over = spec.split("@")
+        classifiers.append(clf)
         t0 = time.perf_counter()
-        res = train_run(compose("train", [f"dataset={dataset}", f"classifier={clf}", *extra], out / "train" / clf))
+        res = train_run(compose("train", [f"dataset={dataset}", f"classifier={clf}", *clf_over, *extra], out / "train" / clf))
         timing[clf] = {"train_s": time.perf_counter() - t0, "val_mean_auc": res["metrics"].get("val", {}).get("mean_auc")}
         dirs.append(res["classifier_dir"])
         print(f"[{dataset}] trained {clf} in {timing[clf]['train_s']:.0f} s (val mean AUC {timing[clf]['val_mean_auc']})", flush=True)

@@ -247,8 +247,9 @@ def main() -> None:
               "p50 / int8 bundle |\n|---|---:|---:|---:|---:|---:|---:|")
         for name in names:
             p = res["pipelines"][name][clock]
-            print(f"| {name} | {p['total']['p50_ms']:.2f} | {p['total']['p99_ms']:.2f} | {p['tokenize']['p50_ms']:.3f} | "
-                  f"{p['infer']['p50_ms']:.2f} | {p['post_decide']['p50_ms']:.3f} | {p['total']['p50_ms'] / ref:.1f}× |")
+            print(f"| {name} | {p['total']['p50_ms']:.2f} | {p['total']['p99_ms']:.2f} | "
+                  f"{p['tokenize']['p50_ms']:.3f} | {p['infer']['p50_ms']:.2f} | {p['post_decide']['p50_ms']:.3f} | "
+                  f"{p['total']['p50_ms'] / ref:.1f}× |")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

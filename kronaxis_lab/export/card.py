@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 #: replay rows shown in the card's metrics table (besides the bundle's own), when present
 REFERENCE_ROWS = ("oracle", "random")
@@ -75,8 +75,8 @@ class ModelCard:
         train = metrics.get("train") or {}
         val = train.get("val") or {}
         fleet_models = (meta.get("fleet") or {}).get("models") or {}
-        fleet = [{"name": n, **{k: s.get(k) for k in ("tier", "price_in", "price_out", "data_classes", "latency_p95_s")}}
-                 for n, s in fleet_models.items()]
+        keys = ("tier", "price_in", "price_out", "data_classes", "latency_p95_s")
+        fleet = [{"name": n, **{k: s.get(k) for k in keys}} for n, s in fleet_models.items()]
         rep = metrics.get("replay") or {}
         routers = rep.get("routers") or {}
         order = [metrics.get("bundle_router"), metrics.get("bundle_sweep"), *REFERENCE_ROWS,
@@ -121,7 +121,8 @@ class ModelCard:
         for r in self.replay_rows:
             lines.append(f"| {r['router']} | {_pct(r.get('accuracy'))} | {_usd(r.get('cost_usd'))} | "
                          f"{_usd(r.get('cpao'))} | {_pct(r.get('premium_share'))} | "
-                         f"{_pct(r.get('savings_vs_premium'))} | {_num(r.get('aiq'))} |")
+                         f"{_pct(r.get('savings_vs_premium'))} | "
+                         f"{_num(r.get('aiq')) if r.get('kind') == 'sweep' else '—'} |")
         return "\n".join(lines)
 
     def _operating_point(self) -> str:
@@ -148,7 +149,8 @@ class ModelCard:
                            f"{_pct(d.get('decision_agreement'), 2)}"
                            + (f" (batches of {d['batch_size']}); one query per call: max |Δp| = "
                               f"{_num(d.get('batch1_max_abs_diff'), '.3g')}, decision agreement "
-                              f"{_pct(d.get('batch1_decision_agreement'), 2)}" if "batch1_decision_agreement" in d else ""))
+                              f"{_pct(d.get('batch1_decision_agreement'), 2)}"
+                              if "batch1_decision_agreement" in d else ""))
         out.append(f"- **Sample:** {p.get('n', '?')} held-out queries ({p.get('sample', '?')}) + "
                    f"{p.get('n_edge_cases', 0)} edge cases (empty, over-long, non-ASCII)")
         out.append(f"- **int8 check:** agreement ≥ {_pct(p.get('int8_min_agreement'), 1)} required → "
@@ -183,7 +185,7 @@ expected cost into a model choice. Load it with `kronaxis_lab.export.bundle.load
 Replay of the exported router (ONNX {self.default_variant}) on the held-out **{self.replay_split or '—'}** split \
 ({self.replay_n if self.replay_n is not None else '—'} queries) with recorded outcomes; the first row is the \
 bundle at its operating point, the second its whole policy sweep (summarised at the cheapest point reaching \
-95 % of premium accuracy).
+95 % of premium accuracy; AIQ, the area under the cost–quality curve, exists for sweeps only).
 
 {self._metrics_table()}
 

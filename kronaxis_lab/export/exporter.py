@@ -228,7 +228,8 @@ def export_bundle(
     val = dataset.matrices(s.splits["val"])
     test = dataset.matrices(s.splits["test"])
     if test.n == 0:
-        raise ExportError(f"{dataset.name}: split '{s.splits['test']}' is empty: the bundle's metrics need held-out queries")
+        raise ExportError(f"{dataset.name}: split '{s.splits['test']}' is empty: the bundle's metrics need "
+                          "held-out queries")
 
     stage = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -289,7 +290,8 @@ def export_bundle(
         if calibration:
             if val.n == 0:
                 raise ExportError(f"calibration needs a non-empty '{s.splits['val']}' split in {dataset.name}")
-            op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed, **dict(calibration))
+            op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed,
+                                  **dict(calibration))
             calib_out, source_kind = op, "calibration"
         elif val.n > 0 and default_operating_point:
             op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed,

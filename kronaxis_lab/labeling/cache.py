@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -87,13 +89,16 @@ class CallCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retry_errors = retry_errors
         self._conn = self._open(self.path)
+        self._lock = threading.Lock()
         self._fallbacks = [Path(p) for p in read_only_fallbacks if p and Path(p) != self.path]
         self.hits = self.misses = self.writes = 0
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)  # explicit transactions
+            # explicit transactions; check_same_thread=False: GroupCommitter writes from a worker thread, and
+            # every use of the connection is serialised by `self._lock`
+            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
@@ -116,7 +121,8 @@ class CallCache:
         return out
 
     def get_many(self, keys: Sequence[str]) -> dict[str, GenResult]:
-        rows = self._select(self._conn, keys)
+        with self._lock:
+            rows = self._select(self._conn, keys)
         missing = [k for k in keys if k not in rows]
         for fb in self._fallbacks:
             if not missing or not fb.is_file():
@@ -144,10 +150,14 @@ class CallCache:
     # -- writing -------------------------------------------------------------------------------------
     def put_many(self, model: str, items: Iterable[tuple[str, GenRequest, GenResult]]) -> int:
         """Commit finished calls (one transaction); returns how many were written."""
+        return self.put_groups([(model, items)])
+
+    def put_groups(self, groups: Iterable[tuple[str, Iterable[tuple[str, GenRequest, GenResult]]]]) -> int:
+        """Commit finished calls of several (model, items) groups in one transaction."""
         now = time.time()
         rows = [(key, model, req.request_id, canonical(request_payload(req)), res.text, int(res.input_tokens),
                  int(res.output_tokens), float(res.latency_s), res.error, canonical(res.meta or {}), now)
-                for key, req, res in items]
+                for model, items in groups for key, req, res in items]
         self._insert(rows)
         self.writes += len(rows)
         return len(rows)
@@ -155,7 +165,7 @@ class CallCache:
     def _insert(self, rows: list[tuple]) -> None:
         if not rows:
             return
-        with _transaction(self._conn):
+        with self._lock, _transaction(self._conn):
             self._conn.executemany("INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def export_to(self, path: str | Path) -> int:
@@ -182,10 +192,12 @@ class CallCache:
             args.append(model)
         if errors is not None:
             sql += " AND error IS NOT NULL" if errors else " AND error IS NULL"
-        return int(self._conn.execute(sql, args).fetchone()[0])
+        with self._lock:
+            return int(self._conn.execute(sql, args).fetchone()[0])
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
     def __enter__(self) -> "CallCache":
         return self
@@ -205,3 +217,44 @@ class _transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class GroupCommitter:
+    """Group commit for many coroutines: `await commit(model, items)` returns once those rows are committed.
+
+    Rows that arrive while a transaction is being written (in a worker thread, so the event loop keeps
+    receiving results) go into the next one: at high request rates one transaction carries many calls,
+    at low rates each call is committed on its own. Nothing counts as done before its commit returns.
+    """
+
+    def __init__(self, cache: CallCache):
+        self.cache = cache
+        self._groups: list[tuple[str, list]] = []
+        self._done: asyncio.Future | None = None
+        self._worker: asyncio.Task | None = None
+        self.transactions = 0
+
+    async def commit(self, model: str, items: Iterable[tuple[str, GenRequest, GenResult]]) -> None:
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        self._groups.append((model, list(items)))
+        done = self._done
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        await done  # re-raises a failed write
+
+    async def _drain(self) -> None:
+        while self._groups:
+            groups, done = self._groups, self._done
+            self._groups, self._done = [], None
+            try:
+                await asyncio.to_thread(self.cache.put_groups, groups)
+            except BaseException as e:  # noqa: BLE001 - handed to every waiter of this batch
+                assert done is not None
+                done.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                assert done is not None
+                done.set_result(None)
+            self.transactions += 1

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
 from kronaxis_lab.data.fleet import Fleet
-from kronaxis_lab.labeling.cache import CallCache, key_maker
+from kronaxis_lab.labeling.cache import CallCache, GroupCommitter, key_maker
 from kronaxis_lab.labeling.prompts import PromptBook
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ class LabelRunner:
 
     # -- generation ------------------------------------------------------------------------------------
     async def _generate_all(self, requests: dict[str, list[GenRequest]]) -> dict[str, list[GenResult]]:
+        self._committer = GroupCommitter(self.cache)
         if self.parallel_models:
             done = await asyncio.gather(*(self._generate(p, requests[p.name], i) for i, p in enumerate(self.plans)))
             return {p.name: r for p, r in zip(self.plans, done)}
@@ -178,7 +179,7 @@ class LabelRunner:
                 except Exception as e:  # noqa: BLE001 - the contract says no raise; if one does, rows carry it
                     log.exception("%s: backend call failed", plan.name)
                     out = [GenResult(error=f"backend: {type(e).__name__}: {e}") for _ in batch]
-            self.cache.put_many(plan.name, zip(ck, batch, out))  # committed before it counts as done
+            await self._committer.commit(plan.name, zip(ck, batch, out))  # committed before it counts as done
             self.calls_[plan.name] += len(batch)
             for k, r in zip(ck, out):
                 by_key[k] = r

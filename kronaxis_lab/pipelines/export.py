@@ -75,9 +75,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"policy={cfg.policy} is not in the policies group {sorted(policies)} "
                          "(pick one, or select another group, e.g. policies=latency_slo policy=wtp_slo)")
     policy_node = OmegaConf.to_container(policies[cfg.policy], resolve=True)
-    calib = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
-    dop = OmegaConf.to_container(cfg.default_operating_point, resolve=True) if cfg.get("default_operating_point") else None
-    gov = OmegaConf.to_container(cfg.governance, resolve=True) if cfg.get("governance") else None
+    def plain(key: str):
+        return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) else None
+
+    calib, dop, gov = plain("calibration"), plain("default_operating_point"), plain("governance")
     # the salt stays an ${oc.env:...} interpolation: resolved by the server at start-up, never stored in the bundle
     sticky = OmegaConf.to_container(cfg.stickiness, resolve=False) if cfg.get("stickiness") else None
     settings = ExportSettings(
