@@ -145,3 +145,14 @@ def test_replay_real_llmrouter(shared_data, tmp_path):
     best_single = max(v["accuracy"] for k, v in m.items() if k.startswith("always:"))
     assert m["oracle"]["accuracy"] > best_single
     assert m["task-prior+wtp"]["aiq"] > m["random"]["aiq"]
+
+
+def test_wtp_small_batch_fast_path_matches_envelope():
+    from kronaxis_lab.routing.policies import _envelope_choices
+
+    rng = np.random.default_rng(1)
+    P, cost = rng.random((300, 5)), rng.random((300, 5))
+    lams = np.array([0.0, 0.1, 1.0, 10.0, np.inf])
+    direct = WillingnessToPay().choose(P[:8], cost[:8], lams)  # 40 cells → fast path
+    np.testing.assert_array_equal(direct, _envelope_choices(P[:8], cost[:8], lams))
+    np.testing.assert_array_equal(WillingnessToPay().choose(P, cost, lams), _envelope_choices(P, cost, lams))

@@ -61,6 +61,9 @@ class WillingnessToPay(Policy):
         params = np.asarray(params, float)
         if np.any(params < 0) or np.any(np.isnan(params)):
             raise ValueError(f"willingness-to-pay λ must be ≥ 0, got {params}")
+        if P.shape[0] * len(params) <= 4096:  # serving-sized calls: a direct argmax beats the envelope walk
+            with np.errstate(invalid="ignore"):
+                return np.stack([_argmax_lambda(P, cost, lam) for lam in params]).astype(np.int32)
         order = np.argsort(params, kind="stable")
         out = np.empty((len(params), P.shape[0]), np.int32)
         for s in range(0, P.shape[0], _ENVELOPE_ROWS):
@@ -69,6 +72,18 @@ class WillingnessToPay(Policy):
 
 
 _ENVELOPE_ROWS = 1 << 17
+
+
+def _argmax_lambda(P: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
+    """argmax_j λ·P_j − c_j with the envelope's tie rules (λ = 0: cheapest, then likeliest; ∞: likeliest, then cheapest)."""
+    if np.isinf(lam):
+        best = P.max(axis=1, keepdims=True)
+        return np.where(P == best, -c, -np.inf).argmax(axis=1)
+    u = lam * P - c
+    top = u.max(axis=1, keepdims=True)
+    tie = np.isclose(u, top, rtol=0, atol=1e-12 * max(1.0, float(np.abs(top).max())))
+    key = np.where(tie, -c if lam == 0 else P, -np.inf)
+    return key.argmax(axis=1)
 
 
 def _envelope_choices(P: np.ndarray, c: np.ndarray, lams: np.ndarray) -> np.ndarray:
