@@ -40,6 +40,9 @@ demo: data  ## replay RouteLLM MMLU+GSM8K and LLMRouter with the reference route
 	$(BIN)/kronaxis-replay dataset=routellm_mmlu_gsm8k hydra.run.dir=outputs/demo/routellm_mmlu_gsm8k
 	$(BIN)/kronaxis-replay dataset=llmrouter hydra.run.dir=outputs/demo/llmrouter
 
+demo-live: data  ## label ~120 GSM8K/MMLU/HumanEval questions with the two local CPU models, then train + replay
+	bash scripts/demo_live.sh
+
 test:  ## run the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -48,6 +51,8 @@ test-fast:  ## skip tests marked slow
 
 bench:  ## run the benchmarks and rewrite their results tables under benchmarks/
 	$(BIN)/python benchmarks/replay_speed.py --write benchmarks/replay_speed.md
+	$(BIN)/python benchmarks/train_speed.py --write benchmarks/train_speed.md
+	$(BIN)/python benchmarks/labelling_throughput.py --write benchmarks/labelling_throughput.md
 
 clean:  ## remove run outputs (keeps data and .venv)
 	rm -rf outputs multirun .pytest_cache

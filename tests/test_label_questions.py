@@ -3,7 +3,6 @@
 import gzip
 import json
 
-import pandas as pd
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -12,7 +11,7 @@ from kronaxis_lab.data.questions import GSM8K, MMLU, HumanEval, MTBenchQuestions
 from kronaxis_lab.data.splits import hash_splits, question_keys
 from kronaxis_lab.data.store import DataStore
 from kronaxis_lab.data.tables import QUERY_COLUMNS
-from kronaxis_lab.grading.code_exec import parse_code_gold
+from kronaxis_lab.grading.code_exec import CodeExecutionGrader, parse_code_gold
 from kronaxis_lab.labeling.prompts import PromptBook, PromptError
 from tests.conftest import CONFIGS
 
@@ -99,6 +98,13 @@ def test_real_question_sets(shared_data):
     assert len(he) == 164 and he["query_id"].iloc[0] == "humaneval-0"
     task = parse_code_gold(he["gold"].iloc[0], he["text"].iloc[0])  # the code grader reads our gold
     assert task.kind == "humaneval" and task.entry_point == "has_close_elements" and "def check" in task.tests
+    # our gold runs in the code grader: canonical solutions pass, a wrong body fails
+    raw = {json.loads(line)["task_id"]: json.loads(line)
+           for line in gzip.open(shared_data / "humaneval/HumanEval.jsonl.gz", "rt")}
+    right = [raw[f"HumanEval/{i}"]["canonical_solution"] for i in range(3)]
+    scores = CodeExecutionGrader().grade([*right, "    return None\n"], [*he["gold"][:3], he["gold"][0]],
+                                         [*he["text"][:3], he["text"][0]])
+    assert scores.tolist() == [1.0, 1.0, 1.0, 0.0]
     mt = MTBenchQuestions().load(store)
     assert len(mt) == 80 and mt["category"].nunique() == 8
     assert mt["query_id"].str.fullmatch(r"mtbench-\d+-t1").all()

@@ -217,8 +217,11 @@ def test_faulty_upstream_every_row_labelled_or_errored(tmp_path):
 
 
 def test_bad_dataset_and_config_errors(tmp_path):
+    write_gsm8k(tmp_path / "good", 3)
+
     def run_with(overrides, edit=None):
-        cfg = compose("label", ["runner.progress=false", *overrides], tmp_path / "run")
+        cfg = compose("label", ["runner.progress=false", f"paths.data_dir={tmp_path / 'good'}",
+                                f"paths.data_mirror={tmp_path / 'no-mirror'}", *overrides], tmp_path / "run")
         if edit:
             with open_dict(cfg):
                 edit(cfg)

@@ -13,7 +13,7 @@ from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import RoutingDataset, validate_outcomes
 from kronaxis_lab.grading.multiple_choice import MultipleChoiceGrader
 from kronaxis_lab.grading.numeric import NumericMatchGrader
-from kronaxis_lab.labeling.cache import CallCache, call_key
+from kronaxis_lab.labeling.cache import CallCache, GroupCommitter, call_key
 from kronaxis_lab.labeling.prompts import PromptBook
 from kronaxis_lab.labeling.runner import LabelError, LabelRunner, ModelPlan
 
@@ -253,3 +253,28 @@ def test_cache_key_and_storage(tmp_path):
     (tmp_path / "junk.sqlite").write_text("this is not a database" * 100)
     with pytest.raises(ValueError, match="not a usable label cache"):
         CallCache(tmp_path / "junk.sqlite")
+
+
+def test_group_commit_persists_every_waiter_and_reports_failures(tmp_path):
+    cache = CallCache(tmp_path / "g.sqlite")
+    committer = GroupCommitter(cache)
+    reqs = [GenRequest(prompt=f"p{i}", request_id=str(i)) for i in range(50)]
+
+    async def one(i):
+        await asyncio.sleep(0.001 * (i % 5))
+        await committer.commit("m", [(f"k{i}", reqs[i], GenResult(text=str(i)))])
+        return f"k{i}" in cache.get_many([f"k{i}"])  # this call's row is on disk when commit returns
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(50)))
+
+    seen = asyncio.run(main())
+    assert cache.count() == 50 and all(seen)
+    assert committer.transactions < 50  # calls finishing together shared transactions
+    cache.close()  # a write on a closed database fails every waiter of that batch
+
+    async def broken():
+        await committer.commit("m", [("x", reqs[0], GenResult(text="x"))])
+
+    with pytest.raises(Exception, match="closed"):
+        asyncio.run(broken())

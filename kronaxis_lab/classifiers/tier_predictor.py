@@ -8,7 +8,7 @@ so an exported graph's `sigmoid(logits)` lines up with the fleet. Two heads:
     P(model j answers query i well) = σ(z_ij); loss = BCE-with-logits against the soft targets y_ij ∈ [0, 1]
     (optionally with a per-model `pos_weight`).
 
-``ordinal`` — cheapest sufficient tier (cumulative link, extended-binary / CORN-style)
+``ordinal`` — cheapest sufficient tier (cumulative binary decomposition over tiers, Frank & Hall 2001)
     Sort the models by relative cost (`model_costs`, ties keep the given order): π_0 is the cheapest.
     The tier label is t_i = min{k : model π_k succeeds on query i} (t_i = m when none does). Logit z_{i,π_k}
     models the cumulative probability P(t_i ≤ k) and is trained with BCE on the cumulative targets
@@ -16,7 +16,7 @@ so an exported graph's `sigmoid(logits)` lines up with the fleet. Two heads:
     and predict_proba returns, per model,
         P(model π_k sufficient) := P(t_i ≤ k) = max_{k' ≤ k} σ(z_{i,π_k'}),
     the running max along the cost order making the predicted cumulative distribution monotone (rank-
-    consistent). This assumes nested tiers — whatever a cheaper tier solves, every pricier tier solves —
+    consistent, which CORAL gets by sharing the head's weights; here the encoder is shared, the head not). This assumes nested tiers — whatever a cheaper tier solves, every pricier tier solves —
     which suits a cheap→premium ladder (RouteLLM's 2 models) more than a flat fleet of peers.
     `logits_to_proba` does the post-processing in numpy so an ONNX runtime reproduces `predict_proba`.
 

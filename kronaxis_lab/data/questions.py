@@ -253,7 +253,8 @@ class MTBenchQuestions(QuestionSet):
 
 
 class QuestionMix(QuestionSet):
-    """Several question sets in one table (each with its own limit/sample); `limit`/`sample` apply after."""
+    """Several question sets in one table. Each part keeps its own limit/sample; the mix's `limit`/`sample`
+    apply to the concatenation, and the mix's `split` rule assigns every row's split (the parts' are unused)."""
 
     name = "mix"
 

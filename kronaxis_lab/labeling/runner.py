@@ -116,8 +116,9 @@ class LabelRunner:
         self.prompts.check_tasks(tasks)
         missing = [t for t in tasks if t not in self.graders]
         if missing:
-            raise LabelError(f"no grader for task(s) {missing}: map them under `graders` in configs/label.yaml "
-                             f"(e.g. graders.{missing[0]}: ${{grader:...}}) or pick one grader for all with grader=<name>")
+            raise LabelError(f"no grader for task(s) {missing}: add +grader@graders.{missing[0]}=<name> (a file of "
+                             "configs/grader/) or a `- /grader@graders.<task>: <name>` line to configs/label.yaml, "
+                             "or grade every task alike with grader=<name>")
 
     def run(self, queries: pd.DataFrame) -> LabelResult:
         self.check(queries)
