@@ -180,3 +180,15 @@ class Embedder:
         finally:
             con.close()
         return {t: found[hashes[t]] for t in uniq}
+
+
+class UsesEmbedder:
+    """Mixin for classifiers configured with an `embedding` (an Embedder or its config): builds it lazily."""
+
+    embedding: Any
+
+    @property
+    def embedder(self) -> Embedder:
+        if not isinstance(self.embedding, Embedder):
+            self.embedding = Embedder.from_config(self.embedding)
+        return self.embedding

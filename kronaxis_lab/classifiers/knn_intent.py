@@ -32,7 +32,7 @@ import numpy as np
 
 from ._common import check_fit_inputs, resolve_config_path, tier_of_models, to_plain
 from .base import Classifier, _as_list
-from .embedding import Embedder
+from .embedding import Embedder, UsesEmbedder
 
 STATE_FILE = "knn_state.npz"
 
@@ -199,7 +199,7 @@ def intent_targets(
 
 
 # -- the router ------------------------------------------------------------------------------------
-class KNNRouter(Classifier):
+class KNNRouter(UsesEmbedder, Classifier):
     """kNN over sentence embeddings of labelled queries (and/or intent examples); see module docstring."""
 
     def __init__(
@@ -236,12 +236,6 @@ class KNNRouter(Classifier):
             "intents": None if self.intents is None else str(self.intents),
             "model_tiers": to_plain(self.model_tiers),
         }
-
-    @property
-    def embedder(self) -> Embedder:
-        if not isinstance(self.embedding, Embedder):
-            self.embedding = Embedder.from_config(self.embedding)
-        return self.embedding
 
     def _check_params(self) -> None:
         if self.weighting not in ("uniform", "distance", "softmax"):

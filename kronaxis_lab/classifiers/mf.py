@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ._common import check_fit_inputs
 from .base import Classifier, _as_list
-from .embedding import Embedder
+from .embedding import Embedder, UsesEmbedder
 
 STATE_FILE = "mf_state.npz"
 
@@ -53,7 +53,7 @@ def _build_module(n_models: int, text_dim: int, dim: int, use_proj: bool):
     return MFModule()
 
 
-class MFRouter(Classifier):
+class MFRouter(UsesEmbedder, Classifier):
     def __init__(
         self,
         dim: int = 128,
@@ -77,12 +77,6 @@ class MFRouter(Classifier):
         self.seed = seed
         self.embedding = embedding
         self.show_progress = show_progress
-
-    @property
-    def embedder(self) -> Embedder:
-        if not isinstance(self.embedding, Embedder):
-            self.embedding = Embedder.from_config(self.embedding)
-        return self.embedding
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -20,12 +20,12 @@ from tqdm.auto import tqdm
 
 from ._common import check_fit_inputs, to_plain
 from .base import Classifier, _as_list
-from .embedding import Embedder
+from .embedding import Embedder, UsesEmbedder
 
 STATE_FILE = "mlp.joblib"
 
 
-class MLPRouter(Classifier):
+class MLPRouter(UsesEmbedder, Classifier):
     def __init__(
         self,
         hidden_layer_sizes: Sequence[int] = (100,),
@@ -51,12 +51,6 @@ class MLPRouter(Classifier):
         self.per_model = per_model
         self.embedding = embedding
         self.show_progress = show_progress
-
-    @property
-    def embedder(self) -> Embedder:
-        if not isinstance(self.embedding, Embedder):
-            self.embedding = Embedder.from_config(self.embedding)
-        return self.embedding
 
     def get_config(self) -> dict[str, Any]:
         return {
