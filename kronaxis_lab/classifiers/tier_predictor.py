@@ -52,8 +52,8 @@ TRAIN_LOG_FILE = "train_log.json"
 # Defaults sized for a 2-core CPU (10k queries x 1 epoch within ~5 min; see benchmarks/train_speed.md) and for
 # the small labelled sets routers are trained on (a few thousand queries: several epochs, early stopping).
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "num_train_epochs": 4,
-    "learning_rate": 1e-4,  # small data + a fresh head: 5e-5..1e-4 converges in a few epochs
+    "num_train_epochs": 4,  # a few thousand queries: best val loss after 3-4 epochs, overfits later
+    "learning_rate": 1e-4,  # fresh head on a small encoder; 1e-4 converges within those epochs
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "weight_decay": 0.01,
