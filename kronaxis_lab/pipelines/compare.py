@@ -1,0 +1,157 @@
+"""kronaxis-compare: train every listed classifier, replay them all next to the reference routers, one table.
+
+    kronaxis-compare                                   # configs/compare.yaml: both datasets, all classifiers
+    kronaxis-compare experiment=demo                   # the CPU-sized `make demo` setup
+    kronaxis-compare datasets=[llmrouter] classifiers=[tier_predictor,tfidf_logreg]
+    kronaxis-compare "classifiers=[tier_predictor,'tp1:tier_predictor@classifier.training_args.num_train_epochs=1']"
+
+A classifier spec is `[label:]<configs/classifier name>[@<train override>]...`; the label (default: the config
+name) names its run dir and its rows in the report.
+
+Per dataset: `kronaxis-train` each classifier on the train split (val drives early stopping), then one
+`kronaxis-replay` of the **val** split to choose each classifier's policy (highest val AIQ) and one of the
+**test** split whose numbers are reported, so nothing is tuned on test. Writes `<out>/<dataset>/train/<label>/`,
+`<out>/<dataset>/replay{,_val}/` (metrics.json, report.md, cost_quality.png with every router's curve) and
+`<out>/comparison.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from kronaxis_lab.pipelines.common import CONFIG_DIR, output_dir
+
+log = logging.getLogger("kronaxis_lab.compare")
+
+#: reference routers shown next to the trained ones (when the replay has them)
+REFERENCES = ("oracle", "random", "task-prior+wtp")
+COLUMNS = ["router", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
+           "train_s", "val_mean_auc"]
+
+
+def compose(config: str, overrides: list[str], out: Path) -> DictConfig:
+    """Compose a pipeline config (train/replay) the way its CLI would, with its run dir set to `out`."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance().hydra  # set when called under an enclosing @hydra.main
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = hcompose(config_name=config, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+        GlobalHydra.instance().hydra = outer
+    with open_dict(cfg):  # the only ${hydra:...} interpolation in the pipeline configs
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """`[label:]config[@override]...` → (label, kronaxis-train overrides)."""
+    head, *over = str(spec).split("@")
+    label, _, name = head.rpartition(":")
+    label = label or name
+    if not name or not label or "+" in label or "/" in label or "[" in label:
+        raise ValueError(f"compare: bad classifier spec {spec!r}: expected [label:]config[@override]..., "
+                         "labels without '+', '/' or '['")
+    return label, [f"classifier={name}", *over]
+
+
+def pick_policy_on_val(val_metrics: dict[str, Any], label: str) -> str:
+    """The `<Class>[<label>]+<policy>` entry with the highest AIQ on the val split."""
+    cands = {k: v for k, v in val_metrics.items() if k.split("+")[0].endswith(f"[{label}]")}
+    if not cands:
+        raise KeyError(f"no replay entry for classifier '{label}' (entries: {sorted(val_metrics)})")
+    return max(cands, key=lambda k: cands[k].get("aiq") or 0.0)
+
+
+def _row(name: str, r: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"router": name, **{c: r.get(c) for c in COLUMNS[1:6]}, **extra}
+
+
+def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str]) -> dict[str, Any]:
+    from kronaxis_lab.pipelines.replay import run as replay_run
+    from kronaxis_lab.pipelines.train import run as train_run
+
+    dirs: dict[str, str] = {}
+    trained: dict[str, dict[str, Any]] = {}
+    for label, clf_over in classifiers.items():
+        t0 = time.perf_counter()
+        res = train_run(compose("train", [f"dataset={dataset}", *clf_over, *overrides], out / "train" / label))
+        trained[label] = {"train_s": time.perf_counter() - t0,
+                          "val_mean_auc": res["metrics"].get("val", {}).get("mean_auc")}
+        dirs[label] = res["classifier_dir"]
+        log.info("[%s] trained %s in %.0f s (val mean AUC %s)", dataset, label, trained[label]["train_s"],
+                 trained[label]["val_mean_auc"])
+    dir_list = "[" + ",".join(dirs.values()) + "]"
+    val = replay_run(compose("replay", [f"dataset={dataset}", f"classifier_dir={dir_list}", "split=val", *overrides],
+                             out / "replay_val"))
+    test = replay_run(compose("replay", [f"dataset={dataset}", f"classifier_dir={dir_list}", *overrides],
+                              out / "replay"))
+    m, mv = test["metrics"], val["metrics"]
+    rows = []
+    for label in classifiers:  # replay names a classifier's entries <Class>[<train run dir name = label>]+<policy>
+        best = pick_policy_on_val(mv, label)
+        rows.append(_row(f"{label} ({best.split('+', 1)[1]})", m[best], entry=best, **trained[label]))
+    res = test["result"]
+    for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
+        if ref in m:
+            rows.append(_row(ref, m[ref], entry=ref))
+    return {"dataset": dataset, "n_test": res.n_queries, "rows": rows, "report": test["paths"]["report"],
+            "plot": test["paths"].get("cost_quality_png") or test["paths"].get("plot")}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df["savings_at_95pct_premium"] = df["savings_at_95pct_premium"].map(
+        lambda v: "—" if v is None or pd.isna(v) else f"{v:.1%}")
+    for c in ("train_s",):
+        df[c] = df[c].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.0f}")
+    return df.to_markdown(index=False, floatfmt=".4g")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    out = output_dir(cfg)
+    classifiers = dict(parse_spec(s) for s in cfg.classifiers)
+    if len(classifiers) != len(cfg.classifiers):
+        raise ValueError(f"compare: duplicate classifier labels in {list(cfg.classifiers)}")
+    if not classifiers or not cfg.datasets:
+        raise ValueError("compare: `datasets` and `classifiers` must both be non-empty")
+    overrides = [str(o) for o in (cfg.get("overrides") or [])]
+    t0 = time.perf_counter()
+    results, sections = [], []
+    for ds in cfg.datasets:
+        r = run_dataset(str(ds), classifiers, out / str(ds), overrides)
+        results.append(r)
+        sections.append(f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n{format_table(r['rows'])}\n\n"
+                        f"Report with every router's curve: `{r['report']}`\n")
+    minutes = (time.perf_counter() - t0) / 60
+    head = ("# Router comparison on held-out test splits\n\n"
+            "Each trained classifier is shown under the policy with the best AIQ on the **val** split; every number\n"
+            "is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO at 95 % of the\n"
+            f"premium model's accuracy (— = never reaches it). Total {minutes:.1f} min.\n\n")
+    md = head + "\n".join(sections)
+    (out / "comparison.md").write_text(md)
+    (out / "comparison.json").write_text(json.dumps({"minutes": minutes, "datasets": results}, indent=2, default=str))
+    return {"markdown": md, "results": results, "minutes": minutes, "paths": {"markdown": str(out / "comparison.md")}}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
+def main(cfg: DictConfig) -> None:
+    res = run(cfg)
+    print(res["markdown"])
+    print(f"written: {res['paths']['markdown']}")
+
+
+if __name__ == "__main__":
+    main()
