@@ -34,7 +34,7 @@ log = logging.getLogger("kronaxis_lab.compare")
 #: reference routers shown next to the trained ones (when the replay has them)
 REFERENCES = ("oracle", "random", "task-prior+wtp")
 COLUMNS = ["router", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
-           "train_s", "val_mean_auc"]
+           "val_aiq", "val_mean_auc", "train_s"]
 
 
 def compose(config: str, overrides: list[str], out: Path) -> DictConfig:
@@ -102,11 +102,12 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
     rows = []
     for label in classifiers:  # replay names a classifier's entries <Class>[<train run dir name = label>]+<policy>
         best = pick_policy_on_val(mv, label)
-        rows.append(_row(f"{label} ({best.split('+', 1)[1]})", m[best], entry=best, **trained[label]))
+        rows.append(_row(f"{label} ({best.split('+', 1)[1]})", m[best], entry=best, val_aiq=mv[best].get("aiq"),
+                         **trained[label]))
     res = test["result"]
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
         if ref in m:
-            rows.append(_row(ref, m[ref], entry=ref))
+            rows.append(_row(ref, m[ref], entry=ref, val_aiq=mv.get(ref, {}).get("aiq")))
     return {"dataset": dataset, "n_test": res.n_queries, "rows": rows, "report": test["paths"]["report"],
             "plot": test["paths"].get("cost_quality_png") or test["paths"].get("plot")}
 
@@ -137,8 +138,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         f"Report with every router's curve: `{r['report']}`\n")
     minutes = (time.perf_counter() - t0) / 60
     head = ("# Router comparison on held-out test splits\n\n"
-            "Each trained classifier is shown under the policy with the best AIQ on the **val** split; every number\n"
-            "is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO at 95 % of the\n"
+            "Each trained classifier is shown under the policy with the best AIQ on the **val** split (`val_aiq`);\n"
+            "every other number is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO at 95 % of the\n"
             f"premium model's accuracy (— = never reaches it). Total {minutes:.1f} min.\n\n")
     md = head + "\n".join(sections)
     (out / "comparison.md").write_text(md)
