@@ -156,3 +156,34 @@ def test_wtp_small_batch_fast_path_matches_envelope():
     direct = WillingnessToPay().choose(P[:8], cost[:8], lams)  # 40 cells → fast path
     np.testing.assert_array_equal(direct, _envelope_choices(P[:8], cost[:8], lams))
     np.testing.assert_array_equal(WillingnessToPay().choose(P, cost, lams), _envelope_choices(P, cost, lams))
+
+
+def test_paired_bootstrap_separates_a_better_router_and_not_a_copy():
+    """Router 'good' sees the strong-win signal, 'noise' does not, 'copy' is 'good' again: good − noise has a
+    CI above 0 on AIQ and savings; good − copy is exactly 0 on every resample."""
+    from kronaxis_lab.data.tables import Matrices
+    from kronaxis_lab.routing.replay import paired_bootstrap, replay_matrices
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    need_strong = rng.random(n) < 0.3
+    weak_ok = (~need_strong) & (rng.random(n) < 0.95)
+    strong_ok = rng.random(n) < 0.95
+    scores = np.stack([weak_ok, strong_ok], axis=1).astype(float)
+    test = Matrices(queries=pd.DataFrame({"query_id": [str(i) for i in range(n)], "task": "t", "text": "x"}),
+                    model_names=["weak", "strong"], scores=scores, correct=scores.astype(bool),
+                    costs=np.tile([1.0, 10.0], (n, 1)), input_tokens=np.ones((n, 2)), output_tokens=np.ones((n, 2)))
+    good = np.stack([np.full(n, 0.5), 0.5 + 0.4 * need_strong + 0.05 * rng.random(n)], axis=1)
+    noise = np.stack([np.full(n, 0.5), 0.5 + 0.4 * rng.random(n)], axis=1)
+    routers = [OracleRouter(), AlwaysRouter(), PolicyRouter(Fixed(good), StrongWinThreshold(), "good"),
+               PolicyRouter(Fixed(noise), StrongWinThreshold(), "noise"), PolicyRouter(Fixed(good), StrongWinThreshold(), "copy")]
+    res = replay_matrices(test, FLEET, routers)
+    bs = paired_bootstrap(res, "good", ["noise", "copy"], n_boot=200, seed=1)
+    same = bs["copy"]
+    bs = bs["noise"]
+    assert bs["aiq"]["diff"] == pytest.approx(res.routers["good"]["aiq"] - res.routers["noise"]["aiq"])
+    assert 0 < bs["aiq"]["lo"] <= bs["aiq"]["diff"] <= bs["aiq"]["hi"] and bs["aiq"]["p_a_better"] == 1.0
+    assert bs["savings_at_95pct_premium"]["lo"] > 0.2 and bs["savings_at_95pct_premium"]["n"] == 200
+    assert same["aiq"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_a_better": 0.0, "n": 200}
+    with pytest.raises(KeyError, match="no router 'nope'"):
+        paired_bootstrap(res, "good", ["nope"])

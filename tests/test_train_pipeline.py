@@ -180,7 +180,7 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
             return q, o
 
     Raw(fleet=fleet, name="learnable").build(q, o).save(tmp_path / "ds")
-    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]"]
+    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]", "bootstrap.n=100"]
     res = compare_run(compose("compare", over, tmp_path))
     (r,) = res["results"]
     names = [row["router"] for row in r["rows"]]
@@ -194,8 +194,18 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
     by = {row["router"].split(" (")[0]: row for row in r["rows"]}
     assert by["tfidf"]["aiq"] > by["random"]["aiq"] + 0.02 and by["tfidf"]["train_s"] > 0
     assert (tmp_path / "saved/train/tfidf/classifier/classifier.json").is_file()
+    assert r["focus"] == "tfidf" and "focus_minus" not in by["tfidf"]
+    d = by["random"]["focus_minus"]["aiq"]  # tfidf − random: learnable data, so clearly above 0
+    assert d["diff"] == pytest.approx(by["tfidf"]["aiq"] - by["random"]["aiq"]) and d["lo"] > 0
     md = (tmp_path / "comparison.md").read_text()
-    assert "## saved" in md and "| tfidf (" in md
+    assert "## saved" in md and "| tfidf (" in md and "tfidf − this: AIQ [95% CI]" in md
+    # resume: same overrides → the trained classifier is reused, changed overrides → retrained
+    clf_json = tmp_path / "saved/train/tfidf/classifier/classifier.json"
+    mtime = clf_json.stat().st_mtime_ns
+    again = compare_run(compose("compare", over, tmp_path))
+    assert clf_json.stat().st_mtime_ns == mtime and again["results"][0]["rows"][0]["reused"] is True
+    compare_run(compose("compare", [*over[:2], "classifiers=['tfidf:tfidf_logreg@classifier.C=0.5']", "bootstrap.n=0"], tmp_path))
+    assert clf_json.stat().st_mtime_ns != mtime
     assert parse_spec("tp1:tier_predictor@classifier.x=1@targets.kind=relaxed") == (
         "tp1", ["classifier=tier_predictor", "classifier.x=1", "targets.kind=relaxed"])
     for bad in (["a+b:rules"], ["rules", "rules"]):

@@ -33,6 +33,8 @@ log = logging.getLogger("kronaxis_lab.compare")
 
 #: reference routers shown next to the trained ones (when the replay has them)
 REFERENCES = ("oracle", "random", "task-prior+wtp")
+#: written beside each trained classifier: the kronaxis-train overrides it was trained with (for `resume`)
+SPEC_FILE = "compare_spec.json"
 COLUMNS = ["router", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
            "val_aiq", "val_mean_auc", "train_s"]
 
@@ -79,15 +81,29 @@ def _row(name: str, r: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"router": name, **{c: r.get(c) for c in COLUMNS[1:6]}, **extra}
 
 
-def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str]) -> dict[str, Any]:
+def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str],
+                boot: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     from kronaxis_lab.pipelines.replay import run as replay_run
+    from kronaxis_lab.routing.replay import paired_bootstrap
     from kronaxis_lab.pipelines.train import run as train_run
 
     dirs: dict[str, str] = {}
     trained: dict[str, dict[str, Any]] = {}
     for label, clf_over in classifiers.items():
+        run_dir = out / "train" / label
+        train_over = [f"dataset={dataset}", *clf_over, *overrides]
+        spec_file = run_dir / SPEC_FILE
+        if resume and spec_file.is_file() and json.loads(spec_file.read_text()) == {"overrides": train_over} \
+                and (run_dir / "classifier" / "classifier.json").is_file() and (run_dir / "train_metrics.json").is_file():
+            metrics = json.loads((run_dir / "train_metrics.json").read_text())  # same spec, already trained
+            trained[label] = {"train_s": metrics.get("train_seconds"), "val_mean_auc": metrics.get("val", {}).get("mean_auc"),
+                              "reused": True}
+            dirs[label] = str(run_dir / "classifier")
+            log.info("[%s] %s: reusing %s (trained with the same overrides)", dataset, label, dirs[label])
+            continue
         t0 = time.perf_counter()
-        res = train_run(compose("train", [f"dataset={dataset}", *clf_over, *overrides], out / "train" / label))
+        res = train_run(compose("train", train_over, run_dir))
+        spec_file.write_text(json.dumps({"overrides": train_over}))
         trained[label] = {"train_s": time.perf_counter() - t0,
                           "val_mean_auc": res["metrics"].get("val", {}).get("mean_auc")}
         dirs[label] = res["classifier_dir"]
@@ -108,12 +124,37 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
         if ref in m:
             rows.append(_row(ref, m[ref], entry=ref, val_aiq=mv.get(ref, {}).get("aiq")))
+    boot = boot or {}
+    focus = None
+    if int(boot.get("n") or 0) > 0:  # is the focus classifier's lead real? paired bootstrap over test queries
+        focus = boot.get("focus") or next(iter(classifiers))
+        frow = next((r for r in rows if r["router"].split(" (")[0] == focus), None)
+        if frow is None:
+            raise ValueError(f"compare: bootstrap.focus '{focus}' is not one of the classifiers {list(classifiers)}")
+        others = [r["entry"] for r in rows if r is not frow and not r["entry"].startswith("always:")
+                  and r["entry"] != "oracle"]
+        diffs = paired_bootstrap(res, frow["entry"], others, n_boot=int(boot["n"]), seed=int(boot.get("seed", 0)))
+        for r in rows:
+            if r["entry"] in diffs:
+                r["focus_minus"] = diffs[r["entry"]]
     return {"dataset": dataset, "n_test": res.n_queries, "rows": rows, "report": test["paths"]["report"],
+            "focus": focus, "n_boot": int(boot.get("n") or 0),
             "plot": test["paths"].get("cost_quality_png") or test["paths"].get("plot")}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def _ci(d: dict[str, float] | None, pct: bool = False) -> str:
+    if not d:
+        return ""
+    f = (lambda v: f"{100 * v:+.1f}") if pct else (lambda v: f"{v:+.4f}")
+    return f"{f(d['diff'])} [{f(d['lo'])}, {f(d['hi'])}]"
+
+
+def format_table(rows: list[dict[str, Any]], focus: str | None = None) -> str:
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if focus:
+        fm = [r.get("focus_minus") or {} for r in rows]
+        df.insert(2, f"{focus} − this: AIQ [95% CI]", [_ci(d.get("aiq")) for d in fm])
+        df.insert(4, f"{focus} − this: savings pts [95% CI]", [_ci(d.get("savings_at_95pct_premium"), True) for d in fm])
     df["savings_at_95pct_premium"] = df["savings_at_95pct_premium"].map(
         lambda v: "—" if v is None or pd.isna(v) else f"{v:.1%}")
     for c in ("train_s",):
@@ -132,15 +173,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     results, sections = [], []
     for ds in cfg.datasets:
-        r = run_dataset(str(ds), classifiers, out / str(ds), overrides)
+        r = run_dataset(str(ds), classifiers, out / str(ds), overrides,
+                        OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None,
+                        resume=bool(cfg.get("resume")))
         results.append(r)
-        sections.append(f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n{format_table(r['rows'])}\n\n"
+        sections.append(f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n{format_table(r['rows'], r['focus'])}\n\n"
                         f"Report with every router's curve: `{r['report']}`\n")
     minutes = (time.perf_counter() - t0) / 60
     head = ("# Router comparison on held-out test splits\n\n"
             "Each trained classifier is shown under the policy with the best AIQ on the **val** split (`val_aiq`);\n"
             "every other number is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO at 95 % of the\n"
-            f"premium model's accuracy (— = never reaches it). Total {minutes:.1f} min.\n\n")
+            "premium model's accuracy (— = never reaches it). `<focus> − this`: the difference between the focus\n"
+            "classifier and each router with a paired-bootstrap 95 % interval over the test queries (same resample\n"
+            f"for both; {int(cfg.get('bootstrap', {}).get('n') or 0)} resamples). Total {minutes:.1f} min.\n\n")
     md = head + "\n".join(sections)
     (out / "comparison.md").write_text(md)
     (out / "comparison.json").write_text(json.dumps({"minutes": minutes, "datasets": results}, indent=2, default=str))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,3 +154,53 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
     return ReplayResult(dataset=dataset, split=split, model_names=list(fleet.names), premium=fleet.premium,
                         cheapest=fleet.cheapest, n_queries=int(test.n), routers=out, choices=chosen,
                         queries=test.queries, ctx=ctx, results=results)
+
+
+
+def paired_bootstrap(result: ReplayResult, a: str, others: Sequence[str], n_boot: int = 500, seed: int = 0,
+                     ci: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+    """Paired bootstrap over the replayed queries of the differences a − b (b in `others`) in AIQ and in
+    savings at 95 % of premium accuracy: every router (and the premium reference) sees the same resampled
+    queries, and the AIQ cost range is recomputed over every replayed router on each resample, as in the
+    replay itself.
+
+    Returns ``{b: {metric: {"diff", "lo", "hi", "p_a_better", "n"}}}``; ``diff`` is on the full split,
+    ``lo``/``hi`` the percentile interval, ``p_a_better`` the share of resamples where a > b, ``n`` the
+    resamples where both are defined (savings is undefined when a hull never reaches 95 % of premium accuracy).
+    """
+    others = list(others)
+    for name in (a, *others):
+        if name not in result.results:
+            raise KeyError(f"paired_bootstrap: no router '{name}' in this replay (have {sorted(result.results)})")
+    test, prem = result.ctx.test, result.ctx.premium_idx
+    rng = np.random.default_rng(seed)
+    names, wanted = list(result.results), [a, *others]
+
+    def stats(idx: np.ndarray) -> np.ndarray:  # (len(wanted), 2): AIQ, savings per wanted router
+        s, c, k = test.scores[idx], test.costs[idx], test.correct[idx]
+        curves = {n: M.choices_metrics_batch(result.results[n].choices[:, idx], s, c, k) for n in names}
+        _, cmax = M.routerbench_cost_range(list(curves.values()))
+        p_cost, target = float(c[:, prem].sum()), 0.95 * float(s[:, prem].mean())
+        out = np.full((len(wanted), 2), np.nan)
+        for j, n in enumerate(wanted):
+            cost_k, acc_k = curves[n]
+            if cmax > 0:
+                out[j, 0] = M.aiq(cost_k, acc_k, 0.0, cmax)
+            sav = M.savings_at_quality(cost_k, acc_k, target, p_cost) if p_cost > 0 else None
+            out[j, 1] = np.nan if sav is None else sav
+        return out
+
+    full = stats(np.arange(test.n))
+    boots = np.stack([stats(rng.integers(0, test.n, test.n)) for _ in range(n_boot)])  # (B, R, 2)
+    q = (1 - ci) / 2
+    res: dict[str, dict[str, dict[str, float]]] = {}
+    for j, b in enumerate(others, start=1):
+        res[b] = {}
+        for mi, metric in enumerate(("aiq", "savings_at_95pct_premium")):
+            d = boots[:, 0, mi] - boots[:, j, mi]
+            d = d[np.isfinite(d)]
+            res[b][metric] = {"diff": float(full[0, mi] - full[j, mi]),
+                              "lo": float(np.quantile(d, q)) if d.size else float("nan"),
+                              "hi": float(np.quantile(d, 1 - q)) if d.size else float("nan"),
+                              "p_a_better": float((d > 0).mean()) if d.size else float("nan"), "n": int(d.size)}
+    return res
