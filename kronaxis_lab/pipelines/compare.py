@@ -145,6 +145,8 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
 def _ci(d: dict[str, float] | None, pct: bool = False) -> str:
     if not d:
         return ""
+    if not (d["diff"] == d["diff"] and d["lo"] == d["lo"]):  # NaN: one of the two never reaches 95 %
+        return "—"
     f = (lambda v: f"{100 * v:+.1f}") if pct else (lambda v: f"{v:+.4f}")
     return f"{f(d['diff'])} [{f(d['lo'])}, {f(d['hi'])}]"
 
@@ -162,6 +164,20 @@ def format_table(rows: list[dict[str, Any]], focus: str | None = None) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
 
 
+def render_markdown(results: list[dict[str, Any]], minutes: float) -> str:
+    """comparison.md from the per-dataset results (also re-renders a saved comparison.json)."""
+    n_boot = max((int(r.get("n_boot") or 0) for r in results), default=0)
+    head = ("# Router comparison on held-out test splits\n\n"
+            "Each trained classifier is shown under the policy with the best AIQ on the **val** split (`val_aiq`);\n"
+            "every other number is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO\n"
+            "at 95 % of the premium model's accuracy (— = never reaches it). `<focus> − this`: the difference between\n"
+            "the focus classifier and each router, with a paired-bootstrap 95 % interval over the test queries (the\n"
+            f"same resample for both; {n_boot} resamples). Total {minutes:.1f} min.\n\n")
+    sections = [f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n{format_table(r['rows'], r.get('focus'))}\n\n"
+                f"Report with every router's curve: `{r['report']}`\n" for r in results]
+    return head + "\n".join(sections)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     classifiers = dict(parse_spec(s) for s in cfg.classifiers)
@@ -171,22 +187,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("compare: `datasets` and `classifiers` must both be non-empty")
     overrides = [str(o) for o in (cfg.get("overrides") or [])]
     t0 = time.perf_counter()
-    results, sections = [], []
+    results = []
     for ds in cfg.datasets:
-        r = run_dataset(str(ds), classifiers, out / str(ds), overrides,
-                        OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None,
-                        resume=bool(cfg.get("resume")))
-        results.append(r)
-        sections.append(f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n{format_table(r['rows'], r['focus'])}\n\n"
-                        f"Report with every router's curve: `{r['report']}`\n")
+        results.append(run_dataset(str(ds), classifiers, out / str(ds), overrides,
+                                   OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None,
+                                   resume=bool(cfg.get("resume"))))
     minutes = (time.perf_counter() - t0) / 60
-    head = ("# Router comparison on held-out test splits\n\n"
-            "Each trained classifier is shown under the policy with the best AIQ on the **val** split (`val_aiq`);\n"
-            "every other number is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO at 95 % of the\n"
-            "premium model's accuracy (— = never reaches it). `<focus> − this`: the difference between the focus\n"
-            "classifier and each router with a paired-bootstrap 95 % interval over the test queries (same resample\n"
-            f"for both; {int(cfg.get('bootstrap', {}).get('n') or 0)} resamples). Total {minutes:.1f} min.\n\n")
-    md = head + "\n".join(sections)
+    md = render_markdown(results, minutes)
     (out / "comparison.md").write_text(md)
     (out / "comparison.json").write_text(json.dumps({"minutes": minutes, "datasets": results}, indent=2, default=str))
     return {"markdown": md, "results": results, "minutes": minutes, "paths": {"markdown": str(out / "comparison.md")}}
