@@ -102,19 +102,24 @@ def learnable_dataset(n=400, seed=0):
     return pd.DataFrame(rows), pd.DataFrame(outs), fleet
 
 
-def test_train_then_replay_pipeline(tmp_path):
+def save_learnable(path, n=400, name="learnable"):
+    """learnable_dataset(n) imported and saved as a `dataset=saved` directory at `path`."""
     from kronaxis_lab.data.importers.base import Importer
-    from kronaxis_lab.pipelines.replay import run as replay_run
-    from kronaxis_lab.pipelines.train import run as train_run
 
-    q, o, fleet = learnable_dataset()
+    q, o, fleet = learnable_dataset(n)
 
     class Raw(Importer):
         def read(self, store):
             return q, o
 
-    ds = Raw(fleet=fleet, name="learnable").build(q, o)
-    ds.save(tmp_path / "ds")
+    Raw(fleet=fleet, name=name).build(q, o).save(path)
+
+
+def test_train_then_replay_pipeline(tmp_path):
+    from kronaxis_lab.pipelines.replay import run as replay_run
+    from kronaxis_lab.pipelines.train import run as train_run
+
+    save_learnable(tmp_path / "ds")
     over = ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"]
     tr = train_run(compose("train", over, tmp_path / "train"))
     assert (tmp_path / "train/classifier/classifier.json").is_file()
@@ -137,17 +142,10 @@ def test_train_then_replay_pipeline(tmp_path):
 
 
 def test_replay_refuses_leaky_split(tmp_path):
-    from kronaxis_lab.data.importers.base import Importer
     from kronaxis_lab.pipelines.replay import run as replay_run
     from kronaxis_lab.pipelines.train import run as train_run
 
-    q, o, fleet = learnable_dataset(120)
-
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    Raw(fleet=fleet, name="x").build(q, o).save(tmp_path / "ds")
+    save_learnable(tmp_path / "ds", 120, name="x")
     tr = train_run(compose("train", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"], tmp_path / "t"))
     cfg = compose("replay", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "dataset.split.seed=7",
                              f"classifier_dir={tr['classifier_dir']}"], tmp_path / "r")
@@ -171,15 +169,7 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
     from kronaxis_lab.pipelines.compare import parse_spec, pick_policy_on_val
     from kronaxis_lab.pipelines.compare import run as compare_run
 
-    from kronaxis_lab.data.importers.base import Importer
-
-    q, o, fleet = learnable_dataset(300)
-
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    Raw(fleet=fleet, name="learnable").build(q, o).save(tmp_path / "ds")
+    save_learnable(tmp_path / "ds", 300)
     over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]", "bootstrap.n=100"]
     res = compare_run(compose("compare", over, tmp_path))
     (r,) = res["results"]

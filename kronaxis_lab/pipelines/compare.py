@@ -118,8 +118,8 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
     rows = []
     for label in classifiers:  # replay names a classifier's entries <Class>[<train run dir name = label>]+<policy>
         best = pick_policy_on_val(mv, label)
-        rows.append(_row(f"{label} ({best.split('+', 1)[1]})", m[best], entry=best, val_aiq=mv[best].get("aiq"),
-                         **trained[label]))
+        rows.append(_row(f"{label} ({best.split('+', 1)[1]})", m[best], entry=best, label=label,
+                         val_aiq=mv[best].get("aiq"), **trained[label]))
     res = test["result"]
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
         if ref in m:
@@ -128,7 +128,7 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
     focus = None
     if int(boot.get("n") or 0) > 0:  # is the focus classifier's lead real? paired bootstrap over test queries
         focus = boot.get("focus") or next(iter(classifiers))
-        frow = next((r for r in rows if r["router"].split(" (")[0] == focus), None)
+        frow = next((r for r in rows if r.get("label") == focus), None)
         if frow is None:
             raise ValueError(f"compare: bootstrap.focus '{focus}' is not one of the classifiers {list(classifiers)}")
         others = [r["entry"] for r in rows if r is not frow and not r["entry"].startswith("always:")
@@ -139,7 +139,7 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
                 r["focus_minus"] = diffs[r["entry"]]
     return {"dataset": dataset, "n_test": res.n_queries, "rows": rows, "report": test["paths"]["report"],
             "focus": focus, "n_boot": int(boot.get("n") or 0),
-            "plot": test["paths"].get("cost_quality_png") or test["paths"].get("plot")}
+            "plot": test["paths"]["cost_quality"]}
 
 
 def _ci(d: dict[str, float] | None, pct: bool = False) -> str:
@@ -187,11 +187,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("compare: `datasets` and `classifiers` must both be non-empty")
     overrides = [str(o) for o in (cfg.get("overrides") or [])]
     t0 = time.perf_counter()
-    results = []
-    for ds in cfg.datasets:
-        results.append(run_dataset(str(ds), classifiers, out / str(ds), overrides,
-                                   OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None,
-                                   resume=bool(cfg.get("resume"))))
+    boot = OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None
+    results = [run_dataset(str(ds), classifiers, out / str(ds), overrides, boot, resume=bool(cfg.get("resume")))
+               for ds in cfg.datasets]
     minutes = (time.perf_counter() - t0) / 60
     md = render_markdown(results, minutes)
     (out / "comparison.md").write_text(md)
