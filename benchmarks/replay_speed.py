@@ -64,7 +64,7 @@ def main() -> None:
 
     routers = [OracleRouter(), RandomRouter(num=21), PolicyRouter(NoisyTruth(P), WillingnessToPay(num=a.k), "noisy+wtp")]
     t0 = time.perf_counter()
-    res = replay_matrices(mat, fleet, routers, train=None, dataset="synthetic")
+    res = replay_matrices(mat, fleet, routers, train=mat, dataset="synthetic")  # synthetic: priced on itself
     t_replay = time.perf_counter() - t0
     r = res.routers["noisy+wtp"]
     assert len(r["curve"]) == a.k

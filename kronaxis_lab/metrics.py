@@ -35,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
+from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE
+
 __all__ = [
     "cpao",
     "summarize_choice",
@@ -123,7 +125,7 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) * 0.5))
 
 
-def _json_float(x) -> float | None:
+def json_float(x) -> float | None:
     """Python float, or None where the value is undefined / infinite (JSON has no NaN or inf)."""
     if x is None:
         return None
@@ -201,7 +203,7 @@ def summarize_choice(
         "cost_usd": cost,
         "cost_per_query": cost / n,
         "n_correct": n_correct,
-        "cpao": _json_float(cpao(cost, n_correct)),
+        "cpao": json_float(cpao(cost, n_correct)),
         "premium_share": float(mix[p]),
         "savings_vs_premium": (1.0 - cost / premium_total) if premium_total > 0 else None,
         "model_mix": {int(j): float(mix[j]) for j in range(m)},
@@ -529,7 +531,7 @@ def router_summary(
 
     Every key is ``None`` rather than NaN/inf where the value does not exist.
     """
-    target = 0.95 * _finite_scalar("premium_quality", premium_quality)
+    target = PREMIUM_ACCURACY_SHARE * _finite_scalar("premium_quality", premium_quality)
     c_star = cost_at_quality(curve_costs, curve_quality, target)
     savings = savings_at_quality(curve_costs, curve_quality, target, premium_cost)
     if n_queries is not None and int(n_queries) <= 0:
@@ -549,12 +551,12 @@ def router_summary(
         cpt80 = cpt(share, curve_quality, weak_quality, strong_quality, 0.8)
 
     return {
-        "aiq": _json_float(aiq(curve_costs, curve_quality, cost_min, cost_max)),
-        "max_accuracy": _json_float(max_accuracy(curve_costs, curve_quality)),
-        "cost_at_95pct_premium": _json_float(c_star),
-        "savings_at_95pct_premium": _json_float(savings),
-        "cpao_at_95pct_premium": _json_float(cpao_star),
-        "apgr": _json_float(apgr_v),
-        "cpt50": _json_float(cpt50),
-        "cpt80": _json_float(cpt80),
+        "aiq": json_float(aiq(curve_costs, curve_quality, cost_min, cost_max)),
+        "max_accuracy": json_float(max_accuracy(curve_costs, curve_quality)),
+        "cost_at_95pct_premium": json_float(c_star),
+        "savings_at_95pct_premium": json_float(savings),
+        "cpao_at_95pct_premium": json_float(cpao_star),
+        "apgr": json_float(apgr_v),
+        "cpt50": json_float(cpt50),
+        "cpt80": json_float(cpt80),
     }

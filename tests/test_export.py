@@ -438,3 +438,20 @@ def test_bad_export_configs_are_clear(work, dataset_dir, tmp_path):
         ExportSettings(opset=13)
     with pytest.raises(ValueError, match="prefer_variant"):
         ExportSettings(prefer_variant="fp16")
+
+
+@pytest.mark.slow
+def test_replay_and_bundle_price_every_query_the_same(bundle_dir, dataset_dir, run_dir, tmp_path):
+    """One cost model: the replay of the trained classifier (kronaxis-replay, its configured token counter)
+    and the exported bundle give the same expected cost for the same test queries; the bundle's own replay
+    (metrics.json) used that same model."""
+    from kronaxis_lab.pipelines.replay import run as replay_run
+    from kronaxis_lab.routing.costs import CostModel
+
+    res = replay_run(compose("replay", ["dataset=saved", f"dataset.path={dataset_dir}", "routers=minimal",
+                                        f"classifier_dir={run_dir / 'classifier'}"], tmp_path))["result"]
+    b = load_bundle(bundle_dir)
+    texts = res.ctx.test.queries["text"].astype(str).tolist()
+    np.testing.assert_allclose(b.expected_cost(texts), res.ctx.expected_cost, rtol=1e-12)
+    assert b.cost_model == res.ctx.cost_model == CostModel.from_dict(json.loads((bundle_dir / "router.json").read_text())["cost_model"])
+    assert b.cost_model.tokenizer == "sentence-transformers/all-MiniLM-L6-v2"

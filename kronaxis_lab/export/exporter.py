@@ -2,23 +2,28 @@
 
     export_bundle(classifier_dir, out_dir, dataset, policy_name="wtp", policy_config={...}, ...)
 
-Steps (each checked, so a bundle that exists is a bundle that works):
-1. refuse non-exportable classifiers (before loading any weights);
-2. export the graph (fp32) and quantise it (int8); save the tokenizer;
-3. fit the decision-time cost model on the train split (`kronaxis_lab.export.cost`);
-4. parity on held-out queries: P̂ of ONNX fp32 / int8 vs the PyTorch classifier; fp32 must match
-   (max |Δp| ≤ tolerance, else the export fails); int8 must agree on ≥ `int8_min_agreement` of the routing
-   decisions, else the bundle defaults to fp32 and says so in router.json and the card;
-5. the operating parameter: `calibration` target on val (calibrate_router), else the default operating
+Steps (each a function below, each checked, so a bundle that exists is a bundle that works):
+1. `load_exportable`: refuse non-exportable classifiers (before loading any weights), load, check the fleet;
+2. `write_graphs`: export the graph (fp32), quantise it (int8), save the tokenizer;
+3. `fit_costs`: fit the one decision-time cost model (`kronaxis_lab.routing.costs`) on the train split, with
+   the prompt-token counter replay uses (bundled when the classifier's tokenizer counts differently);
+4. `parity_probabilities`: P̂ of ONNX fp32 / int8 vs the PyTorch classifier on held-out queries; fp32 must
+   match (max |Δp| ≤ tolerance, else the export fails);
+5. `operating_parameter`: the `calibration` target on val (calibrate_router), else the default operating
    point (cheapest point reaching 95 % of premium accuracy, on val);
-6. replay the exported router on the test split beside the reference routers (metrics.json);
-7. write README.md, then router.json with the sha256 of every other file; move the staging directory into
-   place and re-load it with `load_bundle` (predictions must equal the ones just measured).
+6. `parity_decisions`: int8 must agree on ≥ `int8_min_agreement` of the routing decisions, else the bundle
+   defaults to fp32 and says so in router.json and the card;
+7. `replay_metrics`: replay the exported router on the test split beside the reference routers (metrics.json),
+   priced by the bundle's own cost model;
+8. `write_files`: README.md, then router.json with the sha256 of every other file; the staging directory is
+   moved into place and `reload_check` re-loads it with `load_bundle` (predictions must equal the ones just
+   measured).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 import logging
 import os
@@ -28,7 +33,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from kronaxis_lab.classifiers.base import META_FILE, ClassifierLoadError, load_classifier
+from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.export.bundle import (
     FORMAT_VERSION,
     KIND,
@@ -38,18 +46,24 @@ from kronaxis_lab.export.bundle import (
     bundle_id,
     encode_param,
     file_hashes,
+    instantiate_node,
     instantiate_policy,
     load_bundle,
 )
 from kronaxis_lab.export.card import ModelCard
-from kronaxis_lab.export.cost import CostModel
 from kronaxis_lab.export.onnx_export import ExportError, check_exportable, export_onnx, quantize_int8
-from kronaxis_lab.routing.routers import Predictor
+from kronaxis_lab.routing.calibration import calibrate_router
+from kronaxis_lab.routing.costs import CostModel, TokenCounter
+from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
+from kronaxis_lab.routing.policies import Policy
+from kronaxis_lab.routing.replay import replay
+from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext
 
 log = logging.getLogger("kronaxis_lab.export")
 
 VARIANTS = ("fp32", "int8")
 FILES = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx", "tokenizer": "tokenizer"}
+COST_TOKENIZER = "cost_tokenizer"
 
 
 @dataclass
@@ -95,10 +109,6 @@ class ExportSettings:
 
 def classifier_class(classifier_dir: str | Path) -> type:
     """The class recorded in classifier.json (imported, not instantiated)."""
-    import importlib
-
-    from kronaxis_lab.classifiers.base import META_FILE, ClassifierLoadError
-
     path = Path(classifier_dir) / META_FILE
     if not path.is_file():
         raise ClassifierLoadError(f"{path} is missing: {classifier_dir} is not a saved classifier")
@@ -128,8 +138,6 @@ class OnnxPredictor(Predictor):
 
 
 def _decide(policy, fleet, P: np.ndarray, cost: np.ndarray, tasks: Sequence[str], param: float) -> np.ndarray:
-    import pandas as pd
-
     policy.bind(fleet, pd.DataFrame({"task": list(tasks)}))
     return np.asarray(policy.choose(P, cost, [param])[0], dtype=np.int64)
 
@@ -142,8 +150,6 @@ def _edge_cases(texts: Sequence[str], max_length: int) -> list[str]:
 
 
 def _parity_sample(val, test, n: int, seed: int) -> tuple[list[str], list[str]]:
-    import pandas as pd
-
     q = pd.concat([val.queries, test.queries], ignore_index=True)
     if len(q) > n:
         q = q.sample(n=n, random_state=seed).reset_index(drop=True)
@@ -176,6 +182,181 @@ def governance_node(node: Mapping[str, Any] | None, fleet) -> dict[str, Any] | N
     return node
 
 
+# -- the steps ---------------------------------------------------------------------------------------
+@dataclass
+class Splits:
+    train: Matrices
+    val: Matrices
+    test: Matrices
+
+
+def load_exportable(classifier_dir: Path, fleet, s: ExportSettings):
+    """Step 1: the saved classifier, checked against the fleet, truncating like the bundle will."""
+    check_exportable(classifier_class(classifier_dir), str(classifier_dir / META_FILE))
+    clf = load_classifier(classifier_dir)
+    clf.show_progress = False
+    labels = list(clf.model_names_)
+    if sorted(labels) != sorted(fleet.names):
+        raise ExportError(f"{classifier_dir} predicts {labels}, but the dataset's fleet is {fleet.names}: "
+                          "export with the dataset the classifier was trained on")
+    max_length = int(s.max_length or clf.max_length)
+    max_pos = getattr(clf.model_.config, "max_position_embeddings", None)
+    if max_pos and max_length > max_pos:
+        raise ExportError(f"max_length {max_length} exceeds the model's {max_pos} positions")
+    clf.max_length = max_length  # the PyTorch reference of the parity check truncates like the bundle
+    return clf, labels, max_length
+
+
+def write_graphs(clf, stage: Path, val: Matrices, max_length: int, s: ExportSettings) -> tuple[dict, dict]:
+    """Step 2: tokenizer, fp32 graph, int8 graph → (onnx info, tokenizer meta)."""
+    clf.tokenizer_.save_pretrained(stage / FILES["tokenizer"])
+    sample = [t for t in val.queries["text"].astype(str).head(2)] or None
+    onnx_info = export_onnx(clf, stage / FILES["onnx_fp32"], opset=s.opset, sample_texts=sample, max_length=max_length)
+    onnx_info["int8"] = quantize_int8(stage / FILES["onnx_fp32"], stage / FILES["onnx_int8"],
+                                      s.quantize_per_channel, s.quantize_reduce_range, s.quantize_exclude_nodes)
+    tok = clf.tokenizer_
+    tok_meta = {"truncation_side": getattr(tok, "truncation_side", "right"), "pad_token": tok.pad_token,
+                "pad_id": int(tok.pad_token_id or 0), "pad_type_id": int(getattr(tok, "pad_token_type_id", 0) or 0),
+                "class": type(tok).__name__}
+    return onnx_info, tok_meta
+
+
+def fit_costs(train: Matrices, fleet, stage: Path, max_length: int, tok_meta: dict, onnx_info: dict,
+              token_counter: TokenCounter | None) -> tuple[CostModel, TokenCounter, dict[str, str]]:
+    """Step 3: the cost model replay uses, fitted on train → (cost model, its counter, extra bundle files).
+
+    The counter is `token_counter` (what replay counts with); when the classifier's tokenizer counts the
+    train prompts differently, the counter's tokenizer is bundled too, so the server counts the same."""
+    own = BundleTokenizer(stage / FILES["tokenizer"], max_length, tok_meta["truncation_side"], tok_meta["pad_token"],
+                          tok_meta["pad_id"], tok_meta["pad_type_id"], onnx_info["inputs"])
+    texts = train.queries["text"].astype(str).tolist()
+    counter, extra = own, {}
+    name = None
+    if token_counter is not None:
+        name = str(getattr(token_counter, "name", type(token_counter).__name__))
+        if not np.array_equal(own.count(texts), np.asarray(token_counter.count(texts))):
+            token_counter.tokenizer.save_pretrained(stage / COST_TOKENIZER)
+            counter, extra = BundleTokenizer(stage / COST_TOKENIZER, 2), {"cost_tokenizer": COST_TOKENIZER}
+            log.info("the classifier's tokenizer counts prompts unlike %s: bundling it as %s/", name, COST_TOKENIZER)
+    cost_model = CostModel.fit(train, fleet, counter.count(texts), tokenizer=name)
+    return cost_model, counter, extra
+
+
+def parity_probabilities(clf, runtime: OnnxClassifier, texts: list[str], cols: list[int],
+                         s: ExportSettings) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Step 4: P̂ of PyTorch and of each ONNX variant; the fp32 graph must reproduce PyTorch."""
+    P_torch = np.asarray(clf.predict_proba(texts), float)[:, cols]
+    P = {v: runtime.predict_proba(texts, v).astype(float) for v in VARIANTS}
+    fp32_diff = float(np.abs(P["fp32"] - P_torch).max())
+    if fp32_diff > s.fp32_max_abs_diff:
+        raise ExportError(f"the fp32 ONNX graph does not reproduce the classifier: max |Δp| = {fp32_diff:.3g} > "
+                          f"{s.fp32_max_abs_diff:g} on {len(texts)} queries (parity.fp32_max_abs_diff)")
+    return P_torch, P
+
+
+def operating_parameter(router: PolicyRouter, ctx: ReplayContext, policy: Policy, splits: Splits, fleet,
+                        calibration: Mapping[str, Any] | None, default_op: Mapping[str, Any] | None,
+                        s: ExportSettings, dataset_name: str) -> tuple[dict[str, Any], str, dict | None, list[str]]:
+    """Step 5: (operating point, where it came from, calibration result, warnings), on fp32 numerics."""
+    test, val = splits.test, splits.val
+    P_test = router.predictions(ctx, test)
+    if calibration:
+        if val.n == 0:
+            raise ExportError(f"calibration needs a non-empty '{s.splits['val']}' split in {dataset_name}")
+        op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed, **dict(calibration))
+        return op, "calibration", op, []
+    if val.n > 0 and default_op:
+        op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed, **dict(default_op))
+        return op, "default_operating_point", None, []
+    # no val split: the replay's operating point on test (optimistic: chosen on the reported split)
+    policy.bind(fleet, test.queries)
+    params, choices = policy.sweep(P_test, ctx.expected_cost)
+    rows = np.arange(test.n)
+    acc = np.array([test.scores[rows, c].mean() for c in choices])
+    cst = np.array([test.costs[rows, c].sum() for c in choices])
+    premium_acc = float(test.scores[:, fleet.index(fleet.premium)].mean())
+    i = operating_point(cst, acc, PREMIUM_ACCURACY_SHARE * premium_acc)
+    op = {"param": float(params[i]), "rule": "cheapest test point with ≥ 95% of premium accuracy",
+          "test_accuracy": float(acc[i])}
+    return op, "test_operating_point", None, [
+        "no validation split: the operating point was chosen on the test split, so the reported test metrics at "
+        "it are optimistic"]
+
+
+def parity_decisions(runtime: OnnxClassifier, policy: Policy, fleet, texts: list[str], tasks: list[str],
+                     cost_sample: np.ndarray, P_torch: np.ndarray, P: dict[str, np.ndarray], param: float,
+                     n_sample: int, n_edge: int, s: ExportSettings) -> tuple[dict[str, Any], list[str]]:
+    """Step 6: decision agreement of each variant with PyTorch (int8 also one query per call) → (parity, warnings)."""
+    d_torch = _decide(policy, fleet, P_torch, cost_sample, tasks, param)
+    tiers = fleet.tiers
+    parity: dict[str, Any] = {"n": n_sample, "n_edge_cases": n_edge, "sample": f"{s.splits['val']}+{s.splits['test']}",
+                              "seed": s.seed, "fp32_max_abs_diff_allowed": s.fp32_max_abs_diff,
+                              "int8_min_agreement": s.int8_min_agreement}
+    for v in VARIANTS:
+        parity[v] = _diff(P[v], P_torch, _decide(policy, fleet, P[v], cost_sample, tasks, param), d_torch, tiers)
+    # int8 activations are quantised per batch: also check one query per call, the common serving case
+    P1 = np.concatenate([runtime.predict_proba([t], "int8") for t in texts]).astype(float)
+    b1 = _diff(P1, P_torch, _decide(policy, fleet, P1, cost_sample, tasks, param), d_torch, tiers)
+    parity["int8"].update({f"batch1_{k}": v for k, v in b1.items()})
+    parity["int8"]["batch_size"] = s.batch_size
+    worst = min(parity["int8"]["decision_agreement"], b1["decision_agreement"])
+    parity["int8_ok"] = bool(worst >= s.int8_min_agreement)
+    parity["default_variant"] = "int8" if s.prefer_variant == "int8" and parity["int8_ok"] else "fp32"
+    warnings = []
+    if not parity["int8_ok"]:
+        msg = (f"int8 decision agreement {worst:.2%} < {s.int8_min_agreement:.0%} of the PyTorch classifier's "
+               "decisions: the int8 graph is NOT the default; the bundle routes with fp32")
+        warnings.append(msg)
+        log.warning("!!! %s", msg)
+    log.info("parity: fp32 max |Δp| %.2g, int8 max |Δp| %.2g, int8 agreement %.2f%% → default %s",
+             parity["fp32"]["max_abs_diff"], parity["int8"]["max_abs_diff"],
+             100 * parity["int8"]["decision_agreement"], parity["default_variant"])
+    return parity, warnings
+
+
+def replay_metrics(dataset, pred: Predictor, policy_name: str, pconf: dict, param: float, cost_model: CostModel,
+                   counter: TokenCounter, reference_routers: Mapping[str, Any] | None, variant: str,
+                   s: ExportSettings) -> dict[str, Any]:
+    """Step 7: the exported router (its sweep and its fixed operating point) replayed on test, priced by the
+    bundle's own cost model."""
+    fixed = instantiate_policy(pconf, f"policy '{policy_name}'")
+    fixed.params = np.asarray([param])
+    sweep_name, fixed_name = f"bundle+{policy_name}", f"bundle:{policy_name}@{param:.4g}"
+    routers = dict(reference_routers or {})
+    routers[sweep_name] = PolicyRouter(pred, instantiate_policy(pconf, policy_name), name=sweep_name)
+    routers[fixed_name] = PolicyRouter(pred, fixed, name=fixed_name)
+    res = replay(dataset, routers, split=s.splits["test"], seed=s.seed, train_split=s.splits["train"],
+                 val_split=s.splits["val"], token_counter=counter, cost_model=cost_model)
+    return {"bundle_router": fixed_name, "bundle_sweep": sweep_name, "replay": {
+        "dataset": res.dataset, "split": res.split, "n_queries": res.n_queries, "premium": res.premium,
+        "cheapest": res.cheapest, "variant": variant, "routers": res.routers}}
+
+
+def write_files(stage: Path, out_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Step 8: metrics.json, the card, router.json with every file's sha256; then the staging dir moves into place."""
+    (stage / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False))
+    sizes = {rel: (stage / rel).stat().st_size / 1e6 for rel in (FILES["onnx_fp32"], FILES["onnx_int8"])}
+    meta["bundle_id"] = bundle_id(file_hashes(stage), _clean(meta))  # before the card, which shows the id
+    (stage / "README.md").write_text(ModelCard.from_bundle(meta, metrics, sizes).render())
+    meta["sha256"] = file_hashes(stage)
+    (stage / ROUTER_FILE).write_text(json.dumps(_clean(meta), indent=2, allow_nan=False))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage.rename(out_dir)
+
+
+def reload_check(out_dir: Path, texts: list[str], expected: np.ndarray, s: ExportSettings):
+    """The written bundle must load and reproduce the numbers measured (same texts, same batches: int8
+    activations are quantised per batch, so only identical batches give identical int8 outputs)."""
+    bundle = load_bundle(out_dir, intra_op_threads=s.intra_op_threads, batch_size=s.batch_size)
+    again = bundle.predict_proba(texts).astype(float)
+    if not np.allclose(again, expected, rtol=0, atol=1e-6):
+        raise ExportError(f"{out_dir}: the re-loaded bundle predicts differently from the exported numbers "
+                          f"(max |Δp| {np.abs(again - expected).max():.3g})")
+    return bundle
+
+
 def export_bundle(
     classifier_dir: str | Path,
     out_dir: str | Path,
@@ -191,43 +372,26 @@ def export_bundle(
     settings: ExportSettings | None = None,
     train_metrics: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
+    token_counter: TokenCounter | None = None,
 ) -> dict[str, Any]:
     """Export `classifier_dir` (a saved TierPredictor/StudentTierPredictor) to the bundle directory `out_dir`.
 
     `dataset`: the `RoutingDataset` it was trained on (train split → cost model; val → calibration;
     val + test → parity sample; test → replay metrics). `policy_config`: a Hydra node with `_target_`.
     `calibration`/`default_operating_point`: {target, value} (see kronaxis_lab.routing.calibration).
-    Returns {"bundle_dir", "meta", "metrics", "bundle"}.
+    `token_counter`: the prompt-token counter replay prices with (configs/tokenizer); None = the
+    classifier's tokenizer. Returns {"bundle_dir", "meta", "metrics", "bundle"}.
     """
-    from kronaxis_lab.classifiers.base import load_classifier
-    from kronaxis_lab.routing.calibration import calibrate_router
-    from kronaxis_lab.routing.replay import _operating_point, replay
-    from kronaxis_lab.routing.routers import PolicyRouter, ReplayContext, expected_costs
-
     s = settings or ExportSettings()
     classifier_dir, out_dir = Path(classifier_dir), Path(out_dir)
-    check_exportable(classifier_class(classifier_dir), str(classifier_dir / "classifier.json"))
+    check_exportable(classifier_class(classifier_dir), str(classifier_dir / META_FILE))
     if out_dir.exists() and not s.overwrite:
         raise ExportError(f"{out_dir} already exists (set overwrite=true to replace it)")
     fleet = dataset.fleet
-    clf = load_classifier(classifier_dir)
-    clf.show_progress = False
-    labels = list(clf.model_names_)
-    if sorted(labels) != sorted(fleet.names):
-        raise ExportError(f"{classifier_dir} predicts {labels}, but the dataset's fleet is {fleet.names}: "
-                          "export with the dataset the classifier was trained on")
-    max_length = int(s.max_length or clf.max_length)
-    max_pos = getattr(clf.model_.config, "max_position_embeddings", None)
-    if max_pos and max_length > max_pos:
-        raise ExportError(f"max_length {max_length} exceeds the model's {max_pos} positions")
-    clf.max_length = max_length  # the PyTorch reference of the parity check truncates like the bundle
+    clf, labels, max_length = load_exportable(classifier_dir, fleet, s)
     policy = instantiate_policy(dict(policy_config), f"policy '{policy_name}'")
-    warnings: list[str] = []
-
-    train = dataset.matrices(s.splits["train"])
-    val = dataset.matrices(s.splits["val"])
-    test = dataset.matrices(s.splits["test"])
-    if test.n == 0:
+    splits = Splits(*(dataset.matrices(s.splits[k]) for k in ("train", "val", "test")))
+    if splits.test.n == 0:
         raise ExportError(f"{dataset.name}: split '{s.splits['test']}' is empty: the bundle's metrics need "
                           "held-out queries")
 
@@ -235,30 +399,15 @@ def export_bundle(
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
-        # 1. graph, int8 graph, tokenizer ----------------------------------------------------------------
-        tok_dir = stage / FILES["tokenizer"]
-        clf.tokenizer_.save_pretrained(tok_dir)
-        sample = [t for t in val.queries["text"].astype(str).head(2)] or None
-        onnx_info = export_onnx(clf, stage / FILES["onnx_fp32"], opset=s.opset, sample_texts=sample,
-                                max_length=max_length)
-        onnx_info["int8"] = quantize_int8(stage / FILES["onnx_fp32"], stage / FILES["onnx_int8"],
-                                          s.quantize_per_channel, s.quantize_reduce_range, s.quantize_exclude_nodes)
-        tok = clf.tokenizer_
-        tok_meta = {"truncation_side": getattr(tok, "truncation_side", "right"), "pad_token": tok.pad_token,
-                    "pad_id": int(tok.pad_token_id or 0), "pad_type_id": int(getattr(tok, "pad_token_type_id", 0) or 0),
-                    "class": type(tok).__name__}
-
-        # 2. cost model ------------------------------------------------------------------------------------
-        counter = BundleTokenizer(tok_dir, max_length, tok_meta["truncation_side"], tok_meta["pad_token"],
-                                  tok_meta["pad_id"], tok_meta["pad_type_id"], onnx_info["inputs"])
-        cost_model = CostModel.fit(train, fleet, counter.count(train.queries["text"].astype(str).tolist()))
-
+        onnx_info, tok_meta = write_graphs(clf, stage, splits.val, max_length, s)
+        cost_model, counter, extra_files = fit_costs(splits.train, fleet, stage, max_length, tok_meta, onnx_info,
+                                                     token_counter)
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION, "kind": KIND,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "label_order": labels, "head": clf.head_, "tier_order": [labels[k] for k in clf.tier_order_],
             "max_length": max_length, "model_names": list(fleet.names), "fleet": fleet.to_dict(),
-            "premium": fleet.premium, "tokenizer": tok_meta, "onnx": onnx_info, "files": dict(FILES),
+            "premium": fleet.premium, "tokenizer": tok_meta, "onnx": onnx_info, "files": FILES | extra_files,
             "cost_model": cost_model.to_dict(),
             "expected_output_tokens": cost_model.expected_output_tokens(fleet.names),
             "default_variant": "fp32",
@@ -268,76 +417,25 @@ def export_bundle(
         runtime.show_progress = True
         cols = [labels.index(n) for n in fleet.names]
 
-        # 3. parity: probabilities ------------------------------------------------------------------------
-        texts, tasks = _parity_sample(val, test, s.parity_n, s.seed)
+        texts, tasks = _parity_sample(splits.val, splits.test, s.parity_n, s.seed)
         n_sample = len(texts)
         edge = _edge_cases(texts, max_length)
         texts, tasks = texts + edge, tasks + ["unknown"] * len(edge)
-        P_torch = np.asarray(clf.predict_proba(texts), float)[:, cols]
-        P = {v: runtime.predict_proba(texts, v).astype(float) for v in VARIANTS}
-        fp32_diff = float(np.abs(P["fp32"] - P_torch).max())
-        if fp32_diff > s.fp32_max_abs_diff:
-            raise ExportError(f"the fp32 ONNX graph does not reproduce the classifier: max |Δp| = {fp32_diff:.3g} > "
-                              f"{s.fp32_max_abs_diff:g} on {len(texts)} queries (parity.fp32_max_abs_diff)")
+        P_torch, P = parity_probabilities(clf, runtime, texts, cols, s)
 
-        # 4. operating parameter (on fp32, the reference numerics) -----------------------------------------
         pred_fp32 = OnnxPredictor(runtime, "fp32")
-        ctx = ReplayContext(test=test, fleet=fleet, train=train, val=val, seed=s.seed,
-                            expected_cost=expected_costs(test, fleet, train))
+        ctx = ReplayContext(test=splits.test, fleet=fleet, train=splits.train, val=splits.val, seed=s.seed,
+                            cost_model=cost_model, token_counter=counter)
         router = PolicyRouter(pred_fp32, policy, name=f"bundle+{policy_name}")
-        P_test = router._predict(ctx, test)
-        calib_out = None
-        if calibration:
-            if val.n == 0:
-                raise ExportError(f"calibration needs a non-empty '{s.splits['val']}' split in {dataset.name}")
-            op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed,
-                                  **dict(calibration))
-            calib_out, source_kind = op, "calibration"
-        elif val.n > 0 and default_operating_point:
-            op = calibrate_router(router, ctx, P_test, ctx.expected_cost, n_boot=s.n_boot, seed=s.seed,
-                                  **dict(default_operating_point))
-            source_kind = "default_operating_point"
-        else:  # no val split: the replay's operating point on test (optimistic: chosen on the reported split)
-            policy.bind(fleet, test.queries)
-            params, choices = policy.sweep(P_test, ctx.expected_cost)
-            rows = np.arange(test.n)
-            acc = np.array([test.scores[rows, c].mean() for c in choices])
-            cst = np.array([test.costs[rows, c].sum() for c in choices])
-            i = _operating_point(cst, acc, 0.95 * float(test.scores[:, fleet.index(fleet.premium)].mean()))
-            op = {"param": float(params[i]), "rule": "cheapest test point with ≥ 95% of premium accuracy",
-                  "test_accuracy": float(acc[i])}
-            source_kind = "test_operating_point"
-            warnings.append("no validation split: the operating point was chosen on the test split, so the "
-                            "reported test metrics at it are optimistic")
+        op, source_kind, calib_out, warnings = operating_parameter(
+            router, ctx, policy, splits, fleet, calibration, default_operating_point, s, dataset.name)
         param = float(op["param"])
 
-        # 5. parity: decisions ---------------------------------------------------------------------------
-        cost_sample = cost_model.expected(counter.count(texts), tasks)
-        d_torch = _decide(policy, fleet, P_torch, cost_sample, tasks, param)
-        tiers = fleet.tiers
-        parity: dict[str, Any] = {"n": n_sample, "n_edge_cases": len(edge),
-                                  "sample": f"{s.splits['val']}+{s.splits['test']}", "seed": s.seed,
-                                  "fp32_max_abs_diff_allowed": s.fp32_max_abs_diff,
-                                  "int8_min_agreement": s.int8_min_agreement}
-        for v in VARIANTS:
-            parity[v] = _diff(P[v], P_torch, _decide(policy, fleet, P[v], cost_sample, tasks, param), d_torch, tiers)
-        # int8 activations are quantised per batch: also check one query per call, the common serving case
-        P1 = np.concatenate([runtime.predict_proba([t], "int8") for t in texts]).astype(float)
-        b1 = _diff(P1, P_torch, _decide(policy, fleet, P1, cost_sample, tasks, param), d_torch, tiers)
-        parity["int8"].update({f"batch1_{k}": v for k, v in b1.items()})
-        parity["int8"]["batch_size"] = s.batch_size
-        worst = min(parity["int8"]["decision_agreement"], b1["decision_agreement"])
-        parity["int8_ok"] = bool(worst >= s.int8_min_agreement)
-        default_variant = "int8" if s.prefer_variant == "int8" and parity["int8_ok"] else "fp32"
-        if not parity["int8_ok"]:
-            msg = (f"int8 decision agreement {worst:.2%} < "
-                   f"{s.int8_min_agreement:.0%} of the PyTorch classifier's decisions: the int8 graph is NOT the "
-                   "default; the bundle routes with fp32")
-            warnings.append(msg)
-            log.warning("!!! %s", msg)
-        parity["default_variant"] = meta["default_variant"] = default_variant
-        log.info("parity: fp32 max |Δp| %.2g, int8 max |Δp| %.2g, int8 agreement %.2f%% → default %s", fp32_diff,
-                 parity["int8"]["max_abs_diff"], 100 * parity["int8"]["decision_agreement"], default_variant)
+        cost_sample = cost_model.expected(counter.count(texts))
+        parity, parity_warnings = parity_decisions(runtime, policy, fleet, texts, tasks, cost_sample, P_torch, P,
+                                                   param, n_sample, len(edge), s)
+        default_variant = meta["default_variant"] = parity["default_variant"]
+        warnings += parity_warnings
 
         pconf = dict(policy_config)
         meta["policy"] = {"name": policy_name, "config": pconf, "param": encode_param(param),
@@ -353,49 +451,19 @@ def export_bundle(
                                                 "base_model": getattr(clf, "base_model", None),
                                                 "dataset": dataset.name}
         if meta["governance"] is not None:
-            from kronaxis_lab.export.bundle import _instantiate
+            instantiate_node(meta["governance"], "governance")  # fail now, not when the server starts
 
-            _instantiate(meta["governance"], "governance")  # fail now, not when the server starts
-
-        # 6. replay metrics of the exported router ---------------------------------------------------------
         metrics: dict[str, Any] = {"train": dict(train_metrics or {}), "parity": parity}
         if s.replay:
             pred = pred_fp32 if default_variant == "fp32" else OnnxPredictor(runtime, default_variant)
-            fixed = instantiate_policy(pconf, f"policy '{policy_name}'")
-            fixed.params = np.asarray([param])
-            sweep_name, fixed_name = f"bundle+{policy_name}", f"bundle:{policy_name}@{param:.4g}"
-            routers = dict(reference_routers or {})
-            routers[sweep_name] = PolicyRouter(pred, instantiate_policy(pconf, policy_name), name=sweep_name)
-            routers[fixed_name] = PolicyRouter(pred, fixed, name=fixed_name)
-            res = replay(dataset, routers, split=s.splits["test"], seed=s.seed, train_split=s.splits["train"])
-            metrics.update(bundle_router=fixed_name, bundle_sweep=sweep_name, replay={
-                "dataset": res.dataset, "split": res.split, "n_queries": res.n_queries, "premium": res.premium,
-                "cheapest": res.cheapest, "variant": default_variant, "routers": res.routers})
-        (stage / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False))
-
-        # 7. card, hashes, router.json ---------------------------------------------------------------------
-        sizes = {rel: p.stat().st_size / 1e6 for rel, p in
-                 ((r, stage / r) for r in (FILES["onnx_fp32"], FILES["onnx_int8"]))}
-        meta["bundle_id"] = bundle_id(file_hashes(stage), _clean(meta))  # before the card, which shows the id
-        (stage / "README.md").write_text(ModelCard.from_bundle(meta, metrics, sizes).render())
-        meta["sha256"] = file_hashes(stage)
-        (stage / ROUTER_FILE).write_text(json.dumps(_clean(meta), indent=2, allow_nan=False))
-
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        stage.rename(out_dir)
+            metrics.update(replay_metrics(dataset, pred, policy_name, pconf, param, cost_model, counter,
+                                          reference_routers, default_variant, s))
+        write_files(stage, out_dir, meta, metrics)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
 
-    # 8. the written bundle must load and reproduce the numbers measured above (same texts, same batches:
-    # int8 activations are quantised per batch, so only identical batches give identical int8 outputs)
-    bundle = load_bundle(out_dir, intra_op_threads=s.intra_op_threads, batch_size=s.batch_size)
-    again = bundle.predict_proba(texts).astype(float)
-    if not np.allclose(again, P[default_variant], rtol=0, atol=1e-6):
-        raise ExportError(f"{out_dir}: the re-loaded bundle predicts differently from the exported numbers "
-                          f"(max |Δp| {np.abs(again - P[default_variant]).max():.3g})")
+    bundle = reload_check(out_dir, texts, P[default_variant], s)
     log.info("bundle written to %s (id %s, default %s)", out_dir, meta["bundle_id"], default_variant)
     return {"bundle_dir": str(out_dir), "meta": meta, "metrics": metrics, "bundle": bundle}
 

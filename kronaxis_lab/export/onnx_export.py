@@ -18,29 +18,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from kronaxis_lab.export.bundle import ONNX_INPUTS
+import onnx
+import torch
+
+from kronaxis_lab.classifiers.tier_predictor import TierPredictor
+from kronaxis_lab.export.schema import ONNX_INPUTS
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 17
-#: classifier classes with an ONNX path (qualified names; subclasses count too)
-EXPORTABLE = ("kronaxis_lab.classifiers.tier_predictor.TierPredictor",
-              "kronaxis_lab.classifiers.distill.StudentTierPredictor")
 
 
 class ExportError(ValueError):
     """The classifier cannot be exported, or the exported graph does not reproduce it."""
 
 
-def _tier_predictor_cls():
-    from kronaxis_lab.classifiers.tier_predictor import TierPredictor
-
-    return TierPredictor
-
-
 def check_exportable(klass: type, where: str = "the classifier") -> None:
     """Raise `ExportError` unless `klass` is a transformer tier predictor (or a subclass, e.g. the student)."""
-    if isinstance(klass, type) and issubclass(klass, _tier_predictor_cls()):
+    if isinstance(klass, type) and issubclass(klass, TierPredictor):
         return
     name = getattr(klass, "__name__", str(klass))
     raise ExportError(
@@ -62,8 +57,6 @@ def onnx_input_names(tokenizer) -> list[str]:
 def export_onnx(clf, path: str | Path, opset: int = MIN_OPSET, sample_texts: Sequence[str] | None = None,
                 max_length: int | None = None) -> dict[str, Any]:
     """Write `clf`'s network (a fitted TierPredictor) to `path`; return {"inputs", "output", "opset"}."""
-    import torch
-
     check_exportable(type(clf))
     if not hasattr(clf, "model_"):
         raise ExportError(f"this {type(clf).__name__} is not fitted: nothing to export")
@@ -96,26 +89,18 @@ def export_onnx(clf, path: str | Path, opset: int = MIN_OPSET, sample_texts: Seq
     return {"inputs": names, "output": "logits", "opset": int(opset)}
 
 
-class _LogitsOnly:
-    """nn.Module wrapper: keyword inputs in a fixed order → logits tensor only (defined lazily below)."""
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in a fixed order → the logits tensor only (what the traced graph returns)."""
 
-    def __new__(cls, model, names):
-        import torch
+    def __init__(self, m, input_names):
+        super().__init__()
+        self.m, self.input_names = m, list(input_names)
 
-        class LogitsOnly(torch.nn.Module):
-            def __init__(self, m, input_names):
-                super().__init__()
-                self.m, self.input_names = m, list(input_names)
-
-            def forward(self, *tensors):
-                return self.m(**dict(zip(self.input_names, tensors))).logits
-
-        return LogitsOnly(model, names)
+    def forward(self, *tensors):
+        return self.m(**dict(zip(self.input_names, tensors))).logits
 
 
 def _check_graph(path: Path) -> None:
-    import onnx
-
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
@@ -130,8 +115,7 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, re
     `exclude_nodes`: regular expressions; matching graph nodes stay fp32 (e.g. `"layer\\.\\d+/output/dense/MatMul"`,
     the FFN output projections whose post-GELU activations have the widest range).
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy optional dependency
 
     patterns = [re.compile(p) for p in exclude_nodes]
     excluded = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node

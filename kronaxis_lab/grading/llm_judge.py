@@ -24,7 +24,9 @@ import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from kronaxis_lab.backends.base import GenRequest
 from kronaxis_lab.grading._common import GradingInputError, as_text, check_lengths, decode_structured, is_missing
 from kronaxis_lab.grading.base import Grader
 
@@ -152,10 +154,6 @@ class LLMJudgeGrader(Grader):
             raise GradingInputError("LLMJudgeGrader needs the queries (the questions the responses answer)")
         if self.backend is None:
             raise ValueError("LLMJudgeGrader has no backend: pass the judge Backend (backend=...) when instantiating")
-        from tqdm.auto import tqdm
-
-        from kronaxis_lab.backends.base import GenRequest
-
         requests = [
             GenRequest(messages=self.build_messages(as_text(responses[i]), queries[i], golds[i], i),
                        max_tokens=self.max_tokens, temperature=self.temperature, request_id=f"judge-{i}")

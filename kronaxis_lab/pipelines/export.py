@@ -19,7 +19,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from kronaxis_lab.pipelines.common import CONFIG_DIR, load_dataset, output_dir
+from kronaxis_lab.export.exporter import ExportSettings, check_exportable, classifier_class, export_bundle
+from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
+from kronaxis_lab.pipelines.replay import build_routers, check_split
 
 log = logging.getLogger("kronaxis_lab.export")
 
@@ -57,9 +59,6 @@ def _dataset_cfg(cfg: DictConfig, info: dict[str, Any]) -> DictConfig:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from kronaxis_lab.export.exporter import ExportSettings, check_exportable, classifier_class, export_bundle
-    from kronaxis_lab.pipelines.replay import build_routers, check_split
-
     out = output_dir(cfg)
     run_dir = Path(str(cfg.run_dir)).expanduser()
     clf_dir = classifier_dir_of(run_dir)
@@ -97,11 +96,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics_path = clf_dir.parent / "train_metrics.json"
     train_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     routers = build_routers(cfg) if cfg.metrics.replay else {}
+    counter = build(cfg.tokenizer, "token counter") if cfg.get("tokenizer") else None
     source = {"run_dir": str(run_dir.resolve()), "train_info": {k: v for k, v in info.items() if k != "fleet"}}
     log.info("exporting %s with policy %s → %s", clf_dir, cfg.policy, out / BUNDLE_SUBDIR)
     return export_bundle(clf_dir, out / BUNDLE_SUBDIR, ds, policy_name=str(cfg.policy), policy_config=policy_node,
                          calibration=calib, default_operating_point=dop, governance=gov, stickiness=sticky,
-                         reference_routers=routers, settings=settings, train_metrics=train_metrics, source=source)
+                         reference_routers=routers, settings=settings, train_metrics=train_metrics, source=source,
+                         token_counter=counter)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

@@ -81,7 +81,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     routers.update(classifier_routers(cfg, len(ds.fleet.names)))
     if not routers:
         raise ValueError("no routers configured (routers=reference, or add entries under 'routers')")
-    res = replay(ds, routers, split=cfg.split, seed=cfg.seed)
+    counter = build(cfg.tokenizer, "token counter") if cfg.get("tokenizer") else None
+    res = replay(ds, routers, split=cfg.split, seed=cfg.seed, train_split=cfg.train_split,
+                 val_split=cfg.val_split, token_counter=counter)
     extra = {"dataset_info": ds.info, "fleet": ds.fleet.to_dict(),
              "config": OmegaConf.to_container(cfg.dataset, resolve=True)}
     extra["config"].pop("fleet", None)

@@ -55,17 +55,18 @@ def pick(target: str, value: float, metric: np.ndarray, accuracy: np.ndarray, co
 
 def calibrate_router(router, ctx, P_test: np.ndarray, cost_test: np.ndarray, target: str, value: float,
                      n_boot: int = 1000, ci: float = 0.95, seed: int = 0, grid_points: int = 201) -> dict[str, Any]:
-    """Pick the policy parameter on ctx.val, apply it to ctx.test, report achieved value + bootstrap CI."""
-    from kronaxis_lab.routing.routers import expected_costs
+    """Pick the policy parameter on ctx.val, apply it to ctx.test, report achieved value + bootstrap CI.
 
+    `router`: a PolicyRouter (its `policy` and `predictions(ctx, mats)`); `ctx`: its ReplayContext, whose
+    cost model prices val exactly as it priced `cost_test`."""
     if target not in TARGETS:
         raise ValueError(f"calibration target must be one of {TARGETS}, got '{target}'")
     val = ctx.val
     if val is None or val.n == 0:
         raise ValueError(f"{router.name}: calibration needs a non-empty val split")
     policy, prem = router.policy, ctx.premium_idx
-    P_val = router._predict(ctx, val)
-    cost_val = expected_costs(val, ctx.fleet, ctx.train)
+    P_val = router.predictions(ctx, val)
+    cost_val = ctx.expected_cost_for(val)
     policy.bind(ctx.fleet, val.queries)
     grid = np.asarray(policy.params if getattr(policy, "params", None) is not None
                       else _fine_grid(policy, P_val, cost_val, grid_points), float)

@@ -16,7 +16,9 @@ import pandas as pd
 from kronaxis_lab import metrics as M
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices, RoutingDataset
-from kronaxis_lab.routing.routers import ReplayContext, RouteResult, Router, expected_costs
+from kronaxis_lab.routing.costs import CostModel, TokenCounter
+from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
+from kronaxis_lab.routing.routers import ReplayContext, RouteResult, Router
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +69,26 @@ class ReplayResult:
         return pd.DataFrame(out)
 
 
-def _operating_point(cost: np.ndarray, acc: np.ndarray, target: float) -> int:
-    """The point a sweep router is summarised at: the cheapest point reaching `target` accuracy
-    (95 % of premium), else the most accurate point."""
-    ok = np.flatnonzero(acc >= target - 1e-12)
-    if ok.size:
-        return int(ok[np.argmin(cost[ok])])
-    return int(np.argmax(acc))
-
-
 def replay(ds: RoutingDataset, routers: Mapping[str, Router] | list[Router], split: str = "test",
-           seed: int = 0, train_split: str | list[str] = "train") -> ReplayResult:
-    """Replay `split` of a dataset; routers learn from `train_split` (and val) only."""
+           seed: int = 0, train_split: str | list[str] = "train", val_split: str = "val",
+           token_counter: TokenCounter | None = None, cost_model: CostModel | None = None) -> ReplayResult:
+    """Replay `split` of a dataset; routers learn from `train_split` (and `val_split`) only. Expected costs
+    come from `cost_model`, else one fitted on train with prompt tokens from `token_counter`."""
     test = ds.matrices(split)
     if test.n == 0:
         raise ValueError(f"{ds.name}: split '{split}' has no query with a complete set of outcomes")
-    return replay_matrices(test, ds.fleet, routers, train=ds.matrices(train_split), val=ds.matrices("val"),
-                           seed=seed, dataset=ds.name, split=split)
+    return replay_matrices(test, ds.fleet, routers, train=ds.matrices(train_split), val=ds.matrices(val_split),
+                           seed=seed, dataset=ds.name, split=split, token_counter=token_counter,
+                           cost_model=cost_model)
 
 
 def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] | list[Router],
                     train: Matrices | None = None, val: Matrices | None = None, seed: int = 0,
-                    dataset: str = "dataset", split: str = "test") -> ReplayResult:
+                    dataset: str = "dataset", split: str = "test", token_counter: TokenCounter | None = None,
+                    cost_model: CostModel | None = None) -> ReplayResult:
     """The engine on wide matrices (what `replay` calls after pivoting the outcome table)."""
-    ctx = ReplayContext(test=test, fleet=fleet, train=train, val=val, seed=seed,
-                        expected_cost=expected_costs(test, fleet, train))
+    ctx = ReplayContext(test=test, fleet=fleet, train=train, val=val, seed=seed, cost_model=cost_model,
+                        token_counter=token_counter)
     results: dict[str, RouteResult] = {}
     for r in (routers.values() if isinstance(routers, Mapping) else routers):
         for name, rr in r.route(ctx).items():
@@ -116,7 +113,7 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
     def op_index(name: str) -> int:
         rr = results[name]
         cost_k, acc_k, _ = curves[name]
-        return rr.headline if rr.headline is not None else _operating_point(cost_k, acc_k, 0.95 * premium_acc)
+        return rr.headline if rr.headline is not None else operating_point(cost_k, acc_k, PREMIUM_ACCURACY_SHARE * premium_acc)
 
     oracle_acc = float(curves["oracle"][1][op_index("oracle")]) if "oracle" in curves else None
     out: dict[str, dict[str, Any]] = {}
@@ -136,10 +133,10 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
             "accuracy": float(point["accuracy"]),
             "cost_usd": float(point["cost_usd"]),
             "cost_per_query": float(point["cost_per_query"]),
-            "cpao": M._json_float(point["cpao"]),
+            "cpao": M.json_float(point["cpao"]),
             "n_correct": float(point["n_correct"]),
             "premium_share": float(point["premium_share"]),
-            "savings_vs_premium": M._json_float(point["savings_vs_premium"]),
+            "savings_vs_premium": M.json_float(point["savings_vs_premium"]),
             "model_mix": {fleet.names[int(k)]: float(v) for k, v in point["model_mix"].items()},
             **summary,
             "oracle_gap": None if oracle_acc is None else float(M.oracle_gap(point["accuracy"], oracle_acc)),
@@ -147,8 +144,8 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
             "curve_premium_share": [float(s) for s in share_k],
         }
         if rr.params is not None:
-            entry["operating_point"] = {rr.param_name or "param": M._json_float(float(rr.params[i])), "index": i}
-            entry["params"] = [M._json_float(float(p)) for p in rr.params]
+            entry["operating_point"] = {rr.param_name or "param": M.json_float(float(rr.params[i])), "index": i}
+            entry["params"] = [M.json_float(float(p)) for p in rr.params]
         entry.update(rr.info)
         out[name] = entry
     return ReplayResult(dataset=dataset, split=split, model_names=list(fleet.names), premium=fleet.premium,
@@ -180,7 +177,7 @@ def paired_bootstrap(result: ReplayResult, a: str, others: Sequence[str], n_boot
         s, c, k = test.scores[idx], test.costs[idx], test.correct[idx]
         curves = {n: M.choices_metrics_batch(result.results[n].choices[:, idx], s, c, k) for n in names}
         _, cmax = M.routerbench_cost_range(list(curves.values()))
-        p_cost, target = float(c[:, prem].sum()), 0.95 * float(s[:, prem].mean())
+        p_cost, target = float(c[:, prem].sum()), PREMIUM_ACCURACY_SHARE * float(s[:, prem].mean())
         out = np.full((len(wanted), 2), np.nan)
         for j, n in enumerate(wanted):
             cost_k, acc_k = curves[n]

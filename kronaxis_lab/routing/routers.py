@@ -15,21 +15,48 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from kronaxis_lab.classifiers.base import load_classifier
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
+from kronaxis_lab.routing.calibration import calibrate_router
+from kronaxis_lab.routing.costs import CostModel, TokenCounter, prompt_tokens
 from kronaxis_lab.routing.policies import Policy, WillingnessToPay
 
 
 @dataclass
 class ReplayContext:
-    """What a router may use. `test` holds recorded outcomes: only the oracle may read its outcomes."""
+    """What a router may use. `test` holds recorded outcomes: only the oracle may read its outcomes.
+
+    Expected costs come from the one decision-time `CostModel` (kronaxis_lab.routing.costs), fitted on
+    `train` unless given, with prompt tokens from `token_counter` (None: recorded input tokens)."""
 
     test: Matrices
     fleet: Fleet
     train: Matrices | None = None
     val: Matrices | None = None
     seed: int = 0
-    expected_cost: np.ndarray | None = None  # (n, m) $ known before the call (tokens × prices)
+    cost_model: CostModel | None = None
+    token_counter: TokenCounter | None = None
+    _costs: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cost_model is None and self.train is not None and self.train.n > 0:
+            tok = prompt_tokens(self.train, self.token_counter)
+            self.cost_model = CostModel.fit(self.train, self.fleet, tok, tokenizer=_counter_name(self.token_counter))
+
+    def expected_cost_for(self, mats: Matrices) -> np.ndarray:
+        """(n, m) expected $ of `mats`' queries under the cost model (cached per Matrices object)."""
+        key = id(mats)
+        if key not in self._costs:
+            if self.cost_model is None:
+                raise ValueError("expected costs need a cost model, fitted on a non-empty train split")
+            self._costs[key] = self.cost_model.expected(prompt_tokens(mats, self.token_counter))
+        return self._costs[key]
+
+    @property
+    def expected_cost(self) -> np.ndarray:
+        """Expected $ of the replayed queries."""
+        return self.expected_cost_for(self.test)
 
     @property
     def premium_idx(self) -> int:
@@ -54,22 +81,8 @@ class RouteResult:
         return self.choices.shape[0] > 1
 
 
-def expected_costs(test: Matrices, fleet: Fleet, train: Matrices | None) -> np.ndarray:
-    """Cost a router can know before calling: the query's input tokens × price_in + the model's mean output
-    tokens on train (per task where seen, else overall) × price_out. Falls back to recorded mean cost per
-    model when the source has no token counts."""
-    p_in, p_out = fleet.prices()
-    n, m = test.scores.shape
-    if train is None or train.n == 0:
-        return test.input_tokens * p_in + test.output_tokens.mean(axis=0, keepdims=True) * p_out
-    mean_out = train.output_tokens.mean(axis=0)
-    by_task = pd.DataFrame(train.output_tokens, columns=range(m)).groupby(train.queries["task"].to_numpy()).mean()
-    out_tok = by_task.reindex(test.queries["task"].to_numpy()).to_numpy()
-    out_tok = np.where(np.isnan(out_tok), mean_out[None, :], out_tok)
-    cost = test.input_tokens * p_in + out_tok * p_out
-    if not np.any(cost):  # no prices (e.g. a RouterBench fleet derived from $): use the recorded mean $
-        cost = np.broadcast_to(train.costs.mean(axis=0), (n, m)).copy()
-    return cost
+def _counter_name(counter: TokenCounter | None) -> str | None:
+    return None if counter is None else str(getattr(counter, "name", type(counter).__name__))
 
 
 class Router(ABC):
@@ -154,8 +167,6 @@ class ClassifierPredictor(Predictor):
     """P̂ from a trained classifier directory (`kronaxis-train` output), columns reordered to the fleet."""
 
     def __init__(self, classifier_dir: str, batch_size: int = 256):
-        from kronaxis_lab.classifiers.base import load_classifier
-
         self.classifier_dir = str(classifier_dir)
         self.clf = load_classifier(classifier_dir)
         self.batch_size = batch_size
@@ -210,20 +221,19 @@ class PolicyRouter(Router):
         self.name = name or f"{type(predictor).__name__}+{policy.name}"
         self.calibration = dict(calibration) if calibration else None
 
-    def _predict(self, ctx: ReplayContext, mats: Matrices) -> np.ndarray:
+    def predictions(self, ctx: ReplayContext, mats: Matrices) -> np.ndarray:
+        """P̂ (n, m) of the predictor on `mats`, shape-checked."""
         P = np.asarray(self.predictor.predict(ctx, mats), float)
         if P.shape != mats.scores.shape:
             raise ValueError(f"{self.name}: predictions have shape {P.shape}, expected {mats.scores.shape}")
         return P
 
     def route(self, ctx):
-        P = self._predict(ctx, ctx.test)
-        cost = ctx.expected_cost if ctx.expected_cost is not None else ctx.test.costs
+        P = self.predictions(ctx, ctx.test)
+        cost = ctx.expected_cost
         self.policy.bind(ctx.fleet, ctx.test.queries)
         params, choices = self.policy.sweep(P, cost)
         rr = RouteResult(choices, params, self.policy.name, predictions=P)
         if self.calibration:
-            from kronaxis_lab.routing.calibration import calibrate_router
-
             rr.info["calibration"] = calibrate_router(self, ctx, P, cost, **self.calibration)
         return {self.name: rr}
