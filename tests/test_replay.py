@@ -224,3 +224,31 @@ def test_replay_prices_with_the_token_counter_it_is_given():
     assert cm.tokenizer == "chars"
     texts = res.ctx.test.queries["text"].tolist()
     np.testing.assert_allclose(res.ctx.expected_cost, cm.expected([len(t) for t in texts]))
+
+
+def test_output_tokens_are_predicted_from_the_text_and_survive_json():
+    """Where output lengths depend on the prompt (proofs are long, yes/no questions short), the cost model
+    predicts them from the text, beats the per-model mean on held-out queries, and round-trips through JSON."""
+    rng = np.random.default_rng(0)
+    n = 400
+    long = rng.random(n) < 0.5
+    texts = [("prove that the sequence converges " if x else "is it raining today ") + str(i) for i, x in enumerate(long)]
+    out = np.stack([np.where(long, 200, 2), np.where(long, 400, 3)], axis=1).astype(float)
+    q = pd.DataFrame({"query_id": [str(i) for i in range(n)], "text": texts, "task": "t"})
+    mats = Matrices(queries=q, model_names=["weak", "strong"], scores=np.ones((n, 2)), correct=np.ones((n, 2), bool),
+                    costs=np.ones((n, 2)), input_tokens=np.full((n, 2), 8.0), output_tokens=out)
+    train = Matrices(queries=q.iloc[:300].reset_index(drop=True), model_names=mats.model_names,
+                     scores=mats.scores[:300], correct=mats.correct[:300], costs=mats.costs[:300],
+                     input_tokens=mats.input_tokens[:300], output_tokens=out[:300])
+    val = Matrices(queries=q.iloc[300:].reset_index(drop=True), model_names=mats.model_names,
+                   scores=mats.scores[300:], correct=mats.correct[300:], costs=mats.costs[300:],
+                   input_tokens=mats.input_tokens[300:], output_tokens=out[300:])
+    cm = CostModel.fit(train, FLEET, val=val)
+    err = cm.output_model.error
+    assert all(e < 0.2 * b for e, b in zip(err["mae_tokens"], err["mae_tokens_mean_baseline"]))
+    pred = cm.output_tokens(np.full(val.n, 8.0), val.queries["text"].tolist())
+    np.testing.assert_allclose(pred, out[300:], rtol=0.2)
+    again = CostModel.from_dict(json.loads(json.dumps(cm.to_dict())))
+    np.testing.assert_allclose(again.expected(np.full(3, 8.0), texts=texts[:3]), cm.expected(np.full(3, 8.0), texts=texts[:3]))
+    # without a text the model's train mean is used
+    np.testing.assert_allclose(cm.output_tokens(np.full(2, 8.0)), np.broadcast_to(out[:300].mean(axis=0), (2, 2)))

@@ -70,7 +70,7 @@ def test_calibration_hits_target_with_known_answer():
     val, test = _mats(np.arange(4000), rng), _mats(np.arange(4000, 8000), rng)
     ctx = ReplayContext(test=test, fleet=fleet, val=val, train=val)
     router = PolicyRouter(Known(win), StrongWinThreshold(), "known")
-    P = router._predict(ctx, test)
+    P = router.predictions(ctx, test)
     out = calibrate_router(router, ctx, P, test.costs, target="premium_share", value=0.3, n_boot=400)
     # P_s − P_w = win/2, so share 0.3 ↔ win ≥ 0.7 ↔ τ ≈ 0.35
     assert out["param"] == pytest.approx(0.35, abs=0.01)

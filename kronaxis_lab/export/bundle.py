@@ -358,9 +358,11 @@ class Bundle:
                       n: int | None = None) -> np.ndarray:
         """(n, m) expected USD per query and model (`kronaxis_lab.routing.costs`, the model replay used);
         without texts or token counts every query is assumed to have the train mean length."""
-        if input_tokens is None and texts is not None:
-            input_tokens = self.count_tokens(texts)
-        return self.cost_model.expected(input_tokens, n=n)
+        if texts is not None:
+            texts = _check_texts(texts)
+            if input_tokens is None:
+                input_tokens = self.count_tokens(texts)
+        return self.cost_model.expected(input_tokens, n=n, texts=texts)
 
     def decide(self, P: np.ndarray, texts: Sequence[str] | None = None, tasks: Sequence[str | None] | None = None,
                *, cost: np.ndarray | None = None, input_tokens: Sequence[float] | None = None,
@@ -401,7 +403,7 @@ class Bundle:
         P = self.classifier.proba_from_logits(logits)
         if self.cost_counter is not self.classifier.tokenizer:
             counts = self.count_tokens(texts)
-        return self.decide(P, tasks=tasks, input_tokens=counts), P
+        return self.decide(P, _check_texts(texts), tasks=tasks, input_tokens=counts), P
 
     def warmup(self, variant: str | None = None) -> None:
         """Create the session and run one query (first-call latency off the request path)."""

@@ -221,7 +221,7 @@ def write_graphs(clf, stage: Path, val: Matrices, max_length: int, s: ExportSett
     return onnx_info, tok_meta
 
 
-def fit_costs(train: Matrices, fleet, stage: Path, max_length: int, tok_meta: dict, onnx_info: dict,
+def fit_costs(train: Matrices, val: Matrices, fleet, stage: Path, max_length: int, tok_meta: dict, onnx_info: dict,
               token_counter: TokenCounter | None) -> tuple[CostModel, TokenCounter, dict[str, str]]:
     """Step 3: the cost model replay uses, fitted on train → (cost model, its counter, extra bundle files).
 
@@ -238,7 +238,9 @@ def fit_costs(train: Matrices, fleet, stage: Path, max_length: int, tok_meta: di
             token_counter.tokenizer.save_pretrained(stage / COST_TOKENIZER)
             counter, extra = BundleTokenizer(stage / COST_TOKENIZER, 2), {"cost_tokenizer": COST_TOKENIZER}
             log.info("the classifier's tokenizer counts prompts unlike %s: bundling it as %s/", name, COST_TOKENIZER)
-    cost_model = CostModel.fit(train, fleet, counter.count(texts), tokenizer=name)
+    val_texts = val.queries["text"].astype(str).tolist()
+    cost_model = CostModel.fit(train, fleet, counter.count(texts), tokenizer=name, val=val,
+                               val_token_counts=counter.count(val_texts) if val.n else None)
     return cost_model, counter, extra
 
 
@@ -400,7 +402,7 @@ def export_bundle(
     stage.mkdir(parents=True)
     try:
         onnx_info, tok_meta = write_graphs(clf, stage, splits.val, max_length, s)
-        cost_model, counter, extra_files = fit_costs(splits.train, fleet, stage, max_length, tok_meta, onnx_info,
+        cost_model, counter, extra_files = fit_costs(splits.train, splits.val, fleet, stage, max_length, tok_meta, onnx_info,
                                                      token_counter)
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION, "kind": KIND,
@@ -431,7 +433,7 @@ def export_bundle(
             router, ctx, policy, splits, fleet, calibration, default_operating_point, s, dataset.name)
         param = float(op["param"])
 
-        cost_sample = cost_model.expected(counter.count(texts))
+        cost_sample = cost_model.expected(counter.count(texts), texts=texts)
         parity, parity_warnings = parity_decisions(runtime, policy, fleet, texts, tasks, cost_sample, P_torch, P,
                                                    param, n_sample, len(edge), s)
         default_variant = meta["default_variant"] = parity["default_variant"]

@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
+from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.replay import replay
 from kronaxis_lab.routing.report import summary_table, write_report
 from kronaxis_lab.routing.routers import ClassifierPredictor, PolicyRouter
@@ -66,7 +66,9 @@ def classifier_routers(cfg: DictConfig, n_models: int) -> dict[str, Any]:
                 continue
             policy = build(pnode, f"policy '{pname}'")
             calib = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
-            r = PolicyRouter(predictor, policy, name=f"{label}+{pname}", calibration=calib)
+            identity = {"label": base, "classifier": type(predictor.clf).__name__, "classifier_dir": str(clf_dir),
+                        "policy": pname}  # what compare and reports read; the display name is only for people
+            r = PolicyRouter(predictor, policy, name=f"{label}+{pname}", calibration=calib, info={"identity": identity})
             out[r.name] = r
         log.info("classifier %s (split check: %s)", clf_dir, split_check)
     return out
@@ -87,6 +89,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     extra = {"dataset_info": ds.info, "fleet": ds.fleet.to_dict(),
              "config": OmegaConf.to_container(cfg.dataset, resolve=True)}
     extra["config"].pop("fleet", None)
+    cm = res.ctx.cost_model
+    if cm is not None:  # what priced every choice, and how well it predicts output lengths
+        extra["cost_model"] = {"tokenizer": cm.tokenizer, "mean_output_tokens": cm.expected_output_tokens(ds.fleet.names),
+                               "output_model_error": cm.output_model.error if cm.output_model else None}
     paths = write_report(res, out, category_routers=cfg.report.category_routers, extra=extra,
                          max_plot_categories=cfg.report.max_plot_categories)
     table = summary_table(res)
@@ -96,7 +102,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="replay")
 def main(cfg: DictConfig) -> None:
-    out = run(cfg)
+    with one_line_errors("kronaxis-replay", ConfigKindError):  # e.g. dataset=gsm8k (a question set): one line
+        out = run(cfg)
     print(out["table"].to_string(index=False))
     print("\n".join(f"{k}: {v}" for k, v in out["paths"].items()))
 

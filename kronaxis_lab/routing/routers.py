@@ -19,7 +19,7 @@ from kronaxis_lab.classifiers.base import load_classifier
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.routing.calibration import calibrate_router
-from kronaxis_lab.routing.costs import CostModel, TokenCounter, prompt_tokens
+from kronaxis_lab.routing.costs import CostModel, TokenCounter, prompt_tokens, query_texts
 from kronaxis_lab.routing.policies import Policy, WillingnessToPay
 
 
@@ -42,7 +42,9 @@ class ReplayContext:
     def __post_init__(self) -> None:
         if self.cost_model is None and self.train is not None and self.train.n > 0:
             tok = prompt_tokens(self.train, self.token_counter)
-            self.cost_model = CostModel.fit(self.train, self.fleet, tok, tokenizer=_counter_name(self.token_counter))
+            val_tok = prompt_tokens(self.val, self.token_counter) if self.val is not None and self.val.n else None
+            self.cost_model = CostModel.fit(self.train, self.fleet, tok, tokenizer=_counter_name(self.token_counter),
+                                            val=self.val, val_token_counts=val_tok)
 
     def expected_cost_for(self, mats: Matrices) -> np.ndarray:
         """(n, m) expected $ of `mats`' queries under the cost model (cached per Matrices object)."""
@@ -50,7 +52,7 @@ class ReplayContext:
         if key not in self._costs:
             if self.cost_model is None:
                 raise ValueError("expected costs need a cost model, fitted on a non-empty train split")
-            self._costs[key] = self.cost_model.expected(prompt_tokens(mats, self.token_counter))
+            self._costs[key] = self.cost_model.expected(prompt_tokens(mats, self.token_counter), texts=query_texts(mats))
         return self._costs[key]
 
     @property
@@ -216,10 +218,11 @@ class PolicyRouter(Router):
     """
 
     def __init__(self, predictor: Predictor, policy: Policy, name: str | None = None,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, info: dict | None = None):
         self.predictor, self.policy = predictor, policy
         self.name = name or f"{type(predictor).__name__}+{policy.name}"
         self.calibration = dict(calibration) if calibration else None
+        self.info = dict(info or {})  # copied into every result, e.g. {"identity": {classifier_dir, policy, ...}}
 
     def predictions(self, ctx: ReplayContext, mats: Matrices) -> np.ndarray:
         """P̂ (n, m) of the predictor on `mats`, shape-checked."""
@@ -233,7 +236,7 @@ class PolicyRouter(Router):
         cost = ctx.expected_cost
         self.policy.bind(ctx.fleet, ctx.test.queries)
         params, choices = self.policy.sweep(P, cost)
-        rr = RouteResult(choices, params, self.policy.name, predictions=P)
+        rr = RouteResult(choices, params, self.policy.name, predictions=P, info=dict(self.info))
         if self.calibration:
             rr.info["calibration"] = calibrate_router(self, ctx, P, cost, **self.calibration)
         return {self.name: rr}
