@@ -88,10 +88,10 @@ def layer_dropped_model(clf, n_layers: int):
     """The classifier keeping `n_layers` evenly spaced encoder layers (the student's architecture; untrained)."""
     import copy
 
-    from kronaxis_lab.classifiers.tier_predictor import _n_encoder_layers, keep_layers, select_layers
+    from kronaxis_lab.classifiers.tier_predictor import keep_layers, n_encoder_layers, select_layers
 
     model = copy.deepcopy(clf.model_)
-    keep_layers(model, select_layers(_n_encoder_layers(model), n_layers))
+    keep_layers(model, select_layers(n_encoder_layers(model), n_layers))
     return model
 
 

@@ -14,8 +14,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from kronaxis_lab.classifiers._common import ClassifierInputError, model_tiers, tier_of_models
-from kronaxis_lab.classifiers.base import load_classifier
+from kronaxis_lab.classifiers._common import model_tiers, tier_of_models
+from kronaxis_lab.classifiers.base import ClassifierInputError, load_classifier
 from kronaxis_lab.classifiers.embedding import Embedder
 from kronaxis_lab.classifiers.fallback import FallbackClassifier
 from kronaxis_lab.classifiers.knn_intent import (
@@ -319,7 +319,7 @@ def test_tfidf_soft_labels_are_used_exactly():
 
 def test_fit_input_errors():
     clf = TfidfLogRegRouter(show_progress=False)
-    with pytest.raises(ClassifierInputError, match=r"targets\[1, 0\] = 1.5 \(a\) is outside \[0, 1\]"):
+    with pytest.raises(ClassifierInputError, match=r"targets\[1, 0\] = 1.5 \(model 'a'\) is outside \[0, 1\]"):
         clf.fit(["x", "y"], [[0.0, 1.0], [1.5, 0.0]], ["a", "b"])
     with pytest.raises(ClassifierInputError, match=r"shape \(2, 3\), expected .* \(2, 2\)"):
         clf.fit(["x", "y"], np.zeros((2, 3)), ["a", "b"])

@@ -14,11 +14,12 @@ import pytest
 
 from kronaxis_lab.classifiers.base import ClassifierLoadError, load_classifier
 from kronaxis_lab.classifiers.distill import StudentTierPredictor, distill
+from kronaxis_lab.classifiers.heads import cumulative_targets, logits_to_proba
 from kronaxis_lab.classifiers.tier_predictor import (
     TierPredictor,
     _training_arguments,
-    cumulative_targets,
-    logits_to_proba,
+    default_training_args,
+    make_loss,
     select_layers,
 )
 
@@ -104,6 +105,58 @@ def test_logits_to_proba_heads():
     np.testing.assert_allclose(p, [[sig[0, 0], sig[0, 1], sig[0, 0]]], rtol=1e-6)
     with pytest.raises(ValueError, match="head"):
         logits_to_proba(z, "softmax", [0, 1, 2])
+
+
+def test_cumulative_targets_mask_unobserved_outcomes():
+    nan = np.nan
+    y = np.array([[nan, 1.0, 0.0], [0.0, nan, 1.0], [1.0, nan, nan], [0.0, 0.5, nan]])
+    c = cumulative_targets(y, [0, 1, 2])
+    # unknown while a cheaper model is unobserved, unless an observed success already settles it (c = 1)
+    np.testing.assert_array_equal(c, [[nan, 1.0, 1.0], [0.0, nan, 1.0], [1.0, 1.0, 1.0], [0.0, 0.5, nan]])
+
+
+def test_loss_masks_missing_labels():
+    import torch
+
+    z = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    labels = torch.tensor([[1.0, -100.0], [0.0, 0.7]])  # -100 = unobserved (NaN target)
+    obs = [(0, 0), (1, 0), (1, 1)]
+    want = np.mean([-(y * np.log(p) + (1 - y) * np.log(1 - p)) for p, y in
+                    ((1 / (1 + np.exp(-z[i, j].item())), labels[i, j].item()) for i, j in obs)])
+    assert float(make_loss("bce")({"logits": z}, labels)) == pytest.approx(want, rel=1e-5)
+    # the Trainer's num_items_in_batch counts labels other than -100: the same mean
+    assert float(make_loss("bce")({"logits": z}, labels, num_items_in_batch=torch.tensor(3))) == pytest.approx(want)
+
+
+def test_nan_targets_are_not_read_as_failures(tiny_bert):
+    y = TRAIN_Y.copy()
+    hard = np.flatnonzero(_hard_mask(TRAIN_Q))
+    y[hard[::2], 1] = np.nan  # half the strong model's (all successful) hard outcomes were not observed
+    P = _tp(tiny_bert).fit(TRAIN_Q, y, NAMES).predict_proba(TEST_Q)
+    assert np.isfinite(P).all()
+    assert P[_hard_mask(TEST_Q), 1].mean() > 0.8  # NaN read as failure would give about 0.5
+
+
+def test_heads_module_is_numpy_only():
+    import subprocess
+    import sys
+
+    code = ("import sys, kronaxis_lab.classifiers.heads; "
+            "bad = [m for m in ('torch', 'transformers', 'omegaconf') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_training_defaults_have_one_source(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose
+
+    composed = compose("train", ["classifier=tier_predictor"], tmp_path).classifier.training_args
+    # the YAML block is what Hydra composes and what a TierPredictor built in Python merges over
+    assert dict(composed) == default_training_args() == TierPredictor().resolved_training_args()
+    over = compose("train", ["classifier=student", "classifier.training_args.num_train_epochs=2"], tmp_path)
+    assert instantiate(over.classifier).resolved_training_args() == {**default_training_args(), "num_train_epochs": 2}
+    assert TierPredictor(training_args={"seed": 3}).resolved_training_args()["learning_rate"] == composed.learning_rate
 
 
 def test_select_layers_every_other():
@@ -215,7 +268,7 @@ def test_bad_fit_inputs_are_clear(tiny_bert):
         clf.fit(TRAIN_Q, TRAIN_Y[:, :1], NAMES)
     bad = TRAIN_Y.copy()
     bad[3, 1] = 1.5
-    with pytest.raises(ValueError, match=r"targets\[3, 1\] \(model 'strong'\)"):
+    with pytest.raises(ValueError, match=r"targets\[3, 1\] = 1.5 \(model 'strong'\) is outside"):
         clf.fit(TRAIN_Q, bad, NAMES)
     with pytest.raises(ValueError, match="model_costs"):
         _tp(tiny_bert, head="ordinal").fit(TRAIN_Q, TRAIN_Y, NAMES)
@@ -269,7 +322,7 @@ def test_configs_instantiate_with_valid_training_arguments(option, tmp_path):
     cfg = compose("train", [f"classifier={option}"], tmp_path)
     clf = instantiate(cfg.classifier)
     assert isinstance(clf, TierPredictor)
-    args = _training_arguments({**clf._training_args_dict(), "output_dir": str(tmp_path), "report_to": []})
+    args = _training_arguments({**clf.resolved_training_args(), "output_dir": str(tmp_path), "report_to": []})
     assert args.num_train_epochs >= 1 and args.learning_rate > 0
     json.dumps(clf.get_config())  # JSON-serialisable for classifier.json
 

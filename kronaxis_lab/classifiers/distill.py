@@ -9,7 +9,8 @@ unlabelled queries suffice (the train queries, or any traffic sample):
 
     loss = BCE(σ(z^S), y)   (or MSE(σ(z^S), y) with loss="mse"),   y = (1 - α) p^T + α y_true
 
-with α = `hard_label_weight` (0 = pure distillation; y_true only needed when α > 0). For the ordinal head,
+with α = `hard_label_weight` (0 = pure distillation; y_true only needed when α > 0; where y_true is NaN —
+not observed — the target is p^T alone). For the ordinal head,
 p^T is already the monotone cumulative P(t ≤ k), so the ordinal targets are p^T itself. The student is a
 `TierPredictor` (same head, tier order and model columns as the teacher), saved/loaded/exported the same way.
 
@@ -26,15 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from kronaxis_lab.classifiers.base import load_classifier
-from kronaxis_lab.classifiers.tier_predictor import (
-    TierPredictor,
-    _check_queries,
-    _check_targets,
-    _n_encoder_layers,
-    keep_layers,
-    select_layers,
-)
+from kronaxis_lab.classifiers.base import FitInputs, as_queries, check_targets, load_classifier
+from kronaxis_lab.classifiers.tier_predictor import TierPredictor, keep_layers, n_encoder_layers, select_layers
 
 
 class StudentTierPredictor(TierPredictor):
@@ -48,6 +42,8 @@ class StudentTierPredictor(TierPredictor):
         **kwargs: TierPredictor arguments (training_args, max_length, loss, ...). `head` and the
             model costs are always the teacher's.
     """
+
+    not_in_config = ("teacher",)  # a saved student is a complete TierPredictor: no teacher needed to reload
 
     def __init__(
         self,
@@ -86,19 +82,18 @@ class StudentTierPredictor(TierPredictor):
         alpha = float(self.hard_label_weight)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"hard_label_weight must be in [0, 1], got {alpha}")
-        queries = _check_queries(queries, "queries")
+        queries = as_queries(queries, "queries")
         if not queries:
             raise ValueError("fit needs at least one query")
         soft = self._targets(teacher, queries, targets, names, alpha, "targets")
         val_soft = None
         if val_queries is not None:
-            val_queries = _check_queries(val_queries, "val_queries")
+            val_queries = as_queries(val_queries, "val_queries")
             val_soft = self._targets(teacher, val_queries, val_targets, names, alpha, "val_targets")
         self._init_from = teacher
         try:
-            return self._fit(
-                queries, soft, names, val_queries, val_soft, head=teacher.head_, model_costs=teacher.model_costs_
-            )
+            data = FitInputs(queries, soft, names, val_queries, val_soft)
+            return self._fit(data, head=teacher.head_, model_costs=teacher.model_costs_)
         finally:
             del self._init_from
 
@@ -108,26 +103,18 @@ class StudentTierPredictor(TierPredictor):
         if alpha > 0:
             if targets is None:
                 raise ValueError(f"hard_label_weight={alpha} needs {name} (the true labels)")
-            soft = (1 - alpha) * soft + alpha * _check_targets(targets, len(queries), names, name)
+            y = check_targets(targets, len(queries), names, name)
+            soft = np.where(np.isnan(y), soft, (1 - alpha) * soft + alpha * y)  # unobserved: the teacher alone
         return np.clip(soft, 0.0, 1.0)
 
     def _build_model(self, model_names: list[str]):
         teacher = self._init_from
         model = copy.deepcopy(teacher.model_).to("cpu").requires_grad_(True).train()
-        n_total = _n_encoder_layers(model)
+        n_total = n_encoder_layers(model)
         layers = list(self.layers) if self.layers is not None else select_layers(n_total, self.n_layers)
         keep_layers(model, layers)
         self.layers_ = layers  # teacher layer indices the student started from
         return model, copy.deepcopy(teacher.tokenizer_)
-
-    def get_config(self) -> dict[str, Any]:
-        cfg = super().get_config()
-        cfg.update(
-            n_layers=self.n_layers,
-            layers=None if self.layers is None else [int(i) for i in self.layers],
-            hard_label_weight=self.hard_label_weight,
-        )
-        return cfg  # the teacher is not needed to reload a student
 
 
 def _as_teacher(teacher) -> TierPredictor:

@@ -23,6 +23,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from kronaxis_lab.classifiers.base import constructor_config, to_plain
+from kronaxis_lab.local_models import resolve_model
+
 log = logging.getLogger(__name__)
 
 # Documented defaults (override in configs/classifier/*.yaml under `embedding:`): the hub name, and the
@@ -79,27 +82,15 @@ class Embedder:
     def from_config(cls, cfg: "Embedder | Mapping[str, Any] | None") -> "Embedder":
         if isinstance(cfg, Embedder):
             return cfg
-        from ._common import to_plain
-
         return cls(**(to_plain(cfg) or {}))
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "fallback": self.fallback,
-            "batch_size": self.batch_size,
-            "normalize": self.normalize,
-            "max_seq_length": self.max_seq_length,
-            "cache_dir": self.cache_dir,
-            "device": self.device,
-            "show_progress": self.show_progress,
-        }
+        """Constructor kwargs (read from the signature, as for classifiers)."""
+        return constructor_config(self)
 
     # -- model ------------------------------------------------------------------------------------
     @functools.cached_property
     def resolved_path(self) -> str:
-        from kronaxis_lab.local_models import resolve_model
-
         return resolve_model(self.model, self.fallback)
 
     def _st(self):
@@ -183,7 +174,8 @@ class Embedder:
 
 
 class UsesEmbedder:
-    """Mixin for classifiers configured with an `embedding` (an Embedder or its config): builds it lazily."""
+    """Mixin for classifiers configured with an `embedding` (an Embedder or its config): builds it lazily,
+    and writes the full Embedder config (defaults filled in) into the classifier's config."""
 
     embedding: Any
 
@@ -192,3 +184,6 @@ class UsesEmbedder:
         if not isinstance(self.embedding, Embedder):
             self.embedding = Embedder.from_config(self.embedding)
         return self.embedding
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "embedding": self.embedder.get_config()}  # type: ignore[misc]

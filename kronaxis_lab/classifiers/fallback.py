@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._common import check_fit_inputs
-from .base import Classifier, _as_list, load_classifier
+from .base import Classifier, as_queries, check_fit_inputs, load_classifier
 
 log = logging.getLogger(__name__)
 
 
 class FallbackClassifier(Classifier):
+    not_in_config = ("primary", "fallback")  # both parts are saved as sub-directories by save_state
+
     def __init__(self, primary: Classifier | None = None, fallback: Classifier | None = None) -> None:
         self.primary = primary
         self.fallback = fallback
         self.n_fallback_rows_ = 0
-
-    def get_config(self) -> dict[str, Any]:
-        return {}  # both parts are saved as sub-directories by _save_state
 
     @property
     def model_names_(self) -> list[str]:  # type: ignore[override]
@@ -42,7 +40,7 @@ class FallbackClassifier(Classifier):
 
     @model_names_.setter
     def model_names_(self, names: list[str]) -> None:
-        # load_classifier sets this after _load_state; the parts already carry their own names
+        # load_classifier sets this before load_state; the parts carry their own names
         self._names = list(names)
 
     def fit(
@@ -52,14 +50,16 @@ class FallbackClassifier(Classifier):
         model_names: Sequence[str],
         val_queries: Sequence[str] | None = None,
         val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "FallbackClassifier":
         """Fit both parts on the same data (a failing primary fit propagates: training should be loud)."""
         if self.fallback is None:
             raise ValueError("FallbackClassifier needs a fallback classifier")
-        check_fit_inputs(queries, targets, model_names)
-        if self.primary is not None:
-            self.primary.fit(queries, targets, model_names, val_queries, val_targets)
-        self.fallback.fit(queries, targets, model_names, val_queries, val_targets)
+        check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
+        for part in (self.primary, self.fallback):
+            if part is not None:
+                part.fit(queries, targets, model_names, val_queries, val_targets, model_costs=model_costs)
         return self
 
     def _from_fallback(self, queries: list[str], names: list[str]) -> np.ndarray:
@@ -75,7 +75,7 @@ class FallbackClassifier(Classifier):
         return p
 
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
-        queries = _as_list(queries)
+        queries = as_queries(queries)
         names = self.model_names_
         try:
             if self.primary is None:
@@ -95,13 +95,13 @@ class FallbackClassifier(Classifier):
             p[bad] = self._from_fallback([q for q, b in zip(queries, bad) if b], names)
         return p
 
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         if self.primary is not None:
             self.primary.save_pretrained(directory / "primary")
         if self.fallback is not None:
             self.fallback.save_pretrained(directory / "fallback")
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         # a primary that cannot be loaded (missing files, optional dependency absent) leaves the fallback
         self.fallback = load_classifier(directory / "fallback")
         try:

@@ -30,8 +30,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ._common import check_fit_inputs, resolve_config_path, tier_of_models, to_plain
-from .base import Classifier, _as_list
+from ._common import resolve_config_path, tier_of_models
+from .base import Classifier, as_queries, check_fit_inputs, to_plain
 from .embedding import Embedder, UsesEmbedder
 
 STATE_FILE = "knn_state.npz"
@@ -224,19 +224,6 @@ class KNNRouter(UsesEmbedder, Classifier):
         self.intents = intents
         self.model_tiers = model_tiers
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "weighting": self.weighting,
-            "temperature": self.temperature,
-            "eps": self.eps,
-            "index": self.index,
-            "index_kwargs": to_plain(self.index_kwargs),
-            "embedding": self.embedder.get_config(),
-            "intents": None if self.intents is None else str(self.intents),
-            "model_tiers": to_plain(self.model_tiers),
-        }
-
     def _check_params(self) -> None:
         if self.weighting not in ("uniform", "distance", "softmax"):
             raise ValueError(f"weighting '{self.weighting}' is not one of uniform, distance, softmax")
@@ -261,10 +248,12 @@ class KNNRouter(UsesEmbedder, Classifier):
         model_names: Sequence[str],
         val_queries: Sequence[str] | None = None,
         val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "KNNRouter":
         """Index the labelled queries (plus the intent examples when `intents` is set). Nothing is trained."""
         self._check_params()
-        queries, y, model_names = check_fit_inputs(queries, targets, model_names)
+        queries, y, model_names, _, _ = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
         texts, rows, labels = list(queries), [y], [""] * len(queries)
         if self.intents is not None:
             tiers, intents = load_intents(self.intents)
@@ -298,7 +287,7 @@ class KNNRouter(UsesEmbedder, Classifier):
         return np.exp(z - z.max(axis=1, keepdims=True))
 
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
-        queries = _as_list(queries)
+        queries = as_queries(queries)
         m = len(self.model_names_)
         if not queries:
             return np.zeros((0, m))
@@ -315,17 +304,17 @@ class KNNRouter(UsesEmbedder, Classifier):
         rows = np.flatnonzero(self.labels_ != "")
         if len(rows) == 0:
             raise ValueError("predict_intent: this router holds no intent examples (set `intents`)")
-        s = _l2_normalise(self.embedder.encode(_as_list(queries))) @ _l2_normalise(self.vectors_[rows]).T
+        s = _l2_normalise(self.embedder.encode(as_queries(queries))) @ _l2_normalise(self.vectors_[rows]).T
         best = s.argmax(1)
         return [str(self.labels_[rows[b]]) for b in best], s[np.arange(len(best)), best]
 
     # -- persistence ------------------------------------------------------------------------------
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         np.savez(
             directory / STATE_FILE, vectors=self.vectors_, targets=self.targets_, labels=self.labels_, prior=self.prior_
         )
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         with np.load(directory / STATE_FILE, allow_pickle=False) as z:
             self.vectors_, self.targets_ = z["vectors"], z["targets"]
             self.labels_, self.prior_ = z["labels"], z["prior"]

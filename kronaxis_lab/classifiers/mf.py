@@ -25,8 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._common import check_fit_inputs
-from .base import Classifier, _as_list
+from .base import Classifier, as_queries, check_fit_inputs
 from .embedding import Embedder, UsesEmbedder
 
 STATE_FILE = "mf_state.npz"
@@ -78,20 +77,6 @@ class MFRouter(UsesEmbedder, Classifier):
         self.embedding = embedding
         self.show_progress = show_progress
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "dim": self.dim,
-            "use_proj": self.use_proj,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "noise_alpha": self.noise_alpha,
-            "seed": self.seed,
-            "embedding": self.embedder.get_config(),
-            "show_progress": self.show_progress,
-        }
-
     @staticmethod
     def _masked_bce(logits, y, mask):
         import torch
@@ -106,10 +91,12 @@ class MFRouter(UsesEmbedder, Classifier):
         model_names: Sequence[str],
         val_queries: Sequence[str] | None = None,
         val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "MFRouter":
         import torch
 
-        queries, y, model_names = check_fit_inputs(queries, targets, model_names)
+        queries, y, model_names, vq, vy = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
         if not queries:
             raise ValueError("MFRouter.fit: no training queries")
         self.model_names_ = model_names
@@ -119,8 +106,7 @@ class MFRouter(UsesEmbedder, Classifier):
         Y = torch.from_numpy(np.nan_to_num(y, nan=0.0)).float()
         M = torch.from_numpy(np.isfinite(y)).float()
         val = None
-        if val_queries is not None and val_targets is not None and len(val_queries):
-            vq, vy, _ = check_fit_inputs(val_queries, val_targets, model_names, name="val_targets")
+        if vq:
             val = (torch.from_numpy(self.embedder.encode(vq)), torch.from_numpy(np.nan_to_num(vy)).float(),
                    torch.from_numpy(np.isfinite(vy)).float())
 
@@ -157,18 +143,18 @@ class MFRouter(UsesEmbedder, Classifier):
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
         import torch
 
-        queries = _as_list(queries)
+        queries = as_queries(queries)
         if not queries:
             return np.zeros((0, len(self.model_names_)))
         with torch.no_grad():
             logits = self.net_(torch.from_numpy(self.embedder.encode(queries)))
         return torch.sigmoid(logits).double().numpy()
 
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         arrays = {k: v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
         np.savez(directory / STATE_FILE, text_dim=np.int64(self.text_dim_), **arrays)
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         import torch
 
         with np.load(directory / STATE_FILE, allow_pickle=False) as z:

@@ -18,8 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._common import check_fit_inputs, to_plain
-from .base import Classifier, _as_list
+from .base import Classifier, as_queries, check_fit_inputs, to_plain
 from .embedding import Embedder, UsesEmbedder
 
 STATE_FILE = "mlp.joblib"
@@ -52,21 +51,6 @@ class MLPRouter(UsesEmbedder, Classifier):
         self.embedding = embedding
         self.show_progress = show_progress
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "hidden_layer_sizes": [int(h) for h in to_plain(self.hidden_layer_sizes)],
-            "activation": self.activation,
-            "learning_rate": self.learning_rate,
-            "learning_rate_init": self.learning_rate_init,
-            "alpha": self.alpha,
-            "max_iter": self.max_iter,
-            "early_stopping": self.early_stopping,
-            "random_state": self.random_state,
-            "per_model": self.per_model,
-            "embedding": self.embedder.get_config(),
-            "show_progress": self.show_progress,
-        }
-
     def _new_mlp(self):
         from sklearn.neural_network import MLPRegressor
 
@@ -88,16 +72,19 @@ class MLPRouter(UsesEmbedder, Classifier):
         model_names: Sequence[str],
         val_queries: Sequence[str] | None = None,
         val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "MLPRouter":
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 
-        queries, y, model_names = check_fit_inputs(queries, targets, model_names)
+        queries, y, model_names, _, _ = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
         if not queries:
             raise ValueError("MLPRouter.fit: no training queries")
         if not self.per_model and not np.isfinite(y).all():
-            raise ValueError("MLPRouter(per_model=False) cannot use NaN targets; use per_model=True")
+            # one multi-output MLPRegressor cannot mask single entries (the contract's NaN rule)
+            raise ValueError("MLPRouter(per_model=False) cannot mask NaN (unobserved) targets; use per_model=True")
         self.model_names_ = model_names
         X = self.embedder.encode(queries)
         with warnings.catch_warnings():
@@ -113,7 +100,7 @@ class MLPRouter(UsesEmbedder, Classifier):
         return self
 
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
-        queries = _as_list(queries)
+        queries = as_queries(queries)
         if not queries:
             return np.zeros((0, len(self.model_names_)))
         X = self.embedder.encode(queries)
@@ -123,12 +110,12 @@ class MLPRouter(UsesEmbedder, Classifier):
             out = np.stack([m.predict(X) for m in self.mlps_], axis=1)
         return np.clip(out, 0.0, 1.0)
 
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         import joblib
 
         joblib.dump(self.mlps_, directory / STATE_FILE)
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         import joblib
 
         self.mlps_ = joblib.load(directory / STATE_FILE)  # pickle: only load directories you trust

@@ -39,8 +39,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._common import check_fit_inputs, resolve_config_path, tier_of_models, to_plain
-from .base import Classifier, _as_list
+from ._common import resolve_config_path, tier_of_models
+from .base import Classifier, as_queries, check_fit_inputs, to_plain
 
 STATE_FILE = "rules_state.json"
 
@@ -302,12 +302,7 @@ class RuleRouter(Classifier):
 
     def get_config(self) -> dict[str, Any]:
         # the parsed spec, not the path: a saved router does not depend on the file still being there
-        return {
-            "rules": self.ruleset_.spec,
-            "model_names": self.model_names,
-            "model_tiers": self.model_tiers,
-            "fit_prior": self.fit_prior,
-        }
+        return {**super().get_config(), "rules": to_plain(self.ruleset_.spec)}
 
     @property
     def rule_names(self) -> list[str]:
@@ -320,7 +315,7 @@ class RuleRouter(Classifier):
         return names
 
     def logits(self, queries: Sequence[str] | str) -> np.ndarray:
-        queries = _as_list(queries)
+        queries = as_queries(queries)
         prior, adjust = self.ruleset_.matrices(self._require_models(), self.model_tiers)
         if self.prior_ is not None:
             prior = self.prior_
@@ -340,9 +335,11 @@ class RuleRouter(Classifier):
         model_names: Sequence[str],
         val_queries: Sequence[str] | None = None,
         val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "RuleRouter":
         """Set the fleet; with `fit_prior`, solve mean_i σ(b_j + R_ij) = mean_i y_ij for each b_j."""
-        queries, y, model_names = check_fit_inputs(queries, targets, model_names)
+        queries, y, model_names, _, _ = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
         self.model_names_ = model_names
         self.prior_ = None
         if not self.fit_prior or not queries:
@@ -361,10 +358,10 @@ class RuleRouter(Classifier):
         self.prior_ = np.where(counts > 0, (lo + hi) / 2, prior)
         return self
 
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         state = {"prior": None if self.prior_ is None else [float(v) for v in self.prior_]}
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         state = json.loads((directory / STATE_FILE).read_text())
         self.prior_ = None if state["prior"] is None else np.asarray(state["prior"], dtype=np.float64)

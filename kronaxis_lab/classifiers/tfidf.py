@@ -18,8 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._common import check_fit_inputs, to_plain
-from .base import Classifier, _as_list
+from .base import Classifier, as_queries, check_fit_inputs, to_plain
 
 STATE_FILE = "tfidf_logreg.joblib"
 
@@ -43,17 +42,6 @@ class TfidfLogRegRouter(Classifier):
         self.threshold = threshold
         self.show_progress = show_progress
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "tfidf": to_plain(self.tfidf),
-            "C": self.C,
-            "max_iter": self.max_iter,
-            "class_weight": self.class_weight,
-            "soft_labels": self.soft_labels,
-            "threshold": self.threshold,
-            "show_progress": self.show_progress,
-        }
-
     def _vectorizer(self):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -69,13 +57,15 @@ class TfidfLogRegRouter(Classifier):
         model_names: Sequence[str],
         val_queries: Sequence[str] | None = None,
         val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "TfidfLogRegRouter":
         from scipy import sparse
         from sklearn.linear_model import LogisticRegression
 
         if self.soft_labels not in ("weights", "threshold"):
             raise ValueError(f"soft_labels '{self.soft_labels}' is not one of weights, threshold")
-        queries, y, model_names = check_fit_inputs(queries, targets, model_names)
+        queries, y, model_names, _, _ = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
         if not queries:
             raise ValueError("TfidfLogRegRouter.fit: no training queries")
         self.model_names_ = model_names
@@ -102,7 +92,7 @@ class TfidfLogRegRouter(Classifier):
         return self
 
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
-        queries = _as_list(queries)
+        queries = as_queries(queries)
         if not queries:
             return np.zeros((0, len(self.model_names_)))
         X = self.vectorizer_.transform(queries)
@@ -112,12 +102,12 @@ class TfidfLogRegRouter(Classifier):
         ]
         return np.stack(cols, axis=1)
 
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         import joblib
 
         joblib.dump({"vectorizer": self.vectorizer_, "models": self.models_}, directory / STATE_FILE)
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         import joblib
 
         # joblib/pickle: only load directories you trust (as with any pickled sklearn model)

@@ -18,7 +18,10 @@ so an exported graph's `sigmoid(logits)` lines up with the fleet. Two heads:
     the running max along the cost order making the predicted cumulative distribution monotone (rank-
     consistent, which CORAL gets by sharing the head's weights; here the encoder is shared, the head not). This assumes nested tiers — whatever a cheaper tier solves, every pricier tier solves —
     which suits a cheap→premium ladder (RouteLLM's 2 models) more than a flat fleet of peers.
-    `logits_to_proba` does the post-processing in numpy so an ONNX runtime reproduces `predict_proba`.
+    The head maths is numpy-only in heads.py, so an ONNX runtime reproduces `predict_proba` without torch.
+
+NaN targets (outcome not observed, the contract's rule in base.check_fit_inputs) are masked: they enter the
+dataset as the HF ignore label -100, add nothing to the loss and are not counted in its denominator.
 
 Train and use (CPU is the default target; a GPU is used when present):
 
@@ -26,12 +29,17 @@ Train and use (CPU is the default target; a GPU is used when present):
     P = clf.predict_proba(["What is 2+2?"])       # (1, n_models)
     clf.save_pretrained("runs/x/classifier")      # classifier.json + hf/ (standard HF model + tokenizer)
 
-Hyperparameters live in configs/classifier/tier_predictor*.yaml; the defaults below are the CPU-sized ones.
+Hyperparameters live in configs/classifier/tier_predictor*.yaml. The training defaults (TrainingArguments)
+have one source, the `training_args:` block of configs/classifier/tier_predictor.yaml: Hydra composes it for
+`kronaxis-train classifier=tier_predictor` (so `classifier.training_args.num_train_epochs=1` overrides work),
+and `TierPredictor(training_args=...)` built from Python merges its argument over the same block
+(`default_training_args()`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import tempfile
@@ -40,31 +48,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from kronaxis_lab.classifiers.base import Classifier, ClassifierLoadError, _as_list
+from kronaxis_lab.classifiers._common import resolve_config_path
+from kronaxis_lab.classifiers.base import (
+    Classifier,
+    ClassifierLoadError,
+    FitInputs,
+    as_queries,
+    check_fit_inputs,
+    to_plain,
+)
+from kronaxis_lab.classifiers.heads import HEADS, cumulative_targets, logits_to_proba, order_by_cost
 from kronaxis_lab.local_models import resolve_model
 
-HEADS = ("multilabel", "ordinal")
+# HEADS / cumulative_targets / logits_to_proba live in heads.py (numpy only); re-exported for older importers
+__all__ = ["TierPredictor", "HEADS", "cumulative_targets", "logits_to_proba", "default_training_args",
+           "make_loss", "select_layers", "keep_layers", "n_encoder_layers"]
+
 LOSSES = ("bce", "mse")
 HF_SUBDIR = "hf"
 TRAIN_LOG_FILE = "train_log.json"
-
-# Defaults sized for a 2-core CPU (10k queries x 1 epoch within ~5 min; see benchmarks/train_speed.md) and for
-# the small labelled sets routers are trained on (a few thousand queries: several epochs, early stopping).
-DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "num_train_epochs": 4,  # a few thousand queries: best val loss after 3-4 epochs, overfits later
-    "learning_rate": 1e-4,  # fresh head on a small encoder; 1e-4 converges within those epochs
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,
-    "weight_decay": 0.01,
-    "warmup_steps": 0.1,  # a float < 1 is a ratio of the total steps
-    "lr_scheduler_type": "linear",
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "logging_steps": 50,
-    "seed": 0,
-    "train_sampling_strategy": "group_by_length",  # batches of similar length: little padding, faster
-}
+#: the one source of the training defaults: this file's `training_args:` block (see module docstring)
+TRAINING_DEFAULTS_FILE = "configs/classifier/tier_predictor.yaml"
+#: label value of an unobserved (NaN) target in the HF dataset: the Trainer's ignore index, so the
+#: `num_items_in_batch` it passes to the loss counts observed entries only
+MISSING_LABEL = -100.0
 # pos_weight="balanced" uses neg/pos per model, clipped so a model that (almost) never fails cannot blow up the loss
 MAX_POS_WEIGHT = 10.0
 
@@ -78,7 +87,7 @@ class TierPredictor(Classifier):
         head: "multilabel" or "ordinal".
         loss: "bce" (BCE-with-logits on soft targets) or "mse" (on σ(z), for regression-like soft scores).
         max_length: tokens kept per query (truncation side: `truncation_side`).
-        training_args: `transformers.TrainingArguments` fields, merged over `DEFAULT_TRAINING_ARGS`.
+        training_args: `transformers.TrainingArguments` fields, merged over `default_training_args()`.
         early_stopping_patience: epochs (evaluations) without a better validation loss before stopping.
         val_fraction: share of the train set split off (with `training_args.seed`) for early stopping when
             no validation set is given; 0 trains without validation.
@@ -145,35 +154,26 @@ class TierPredictor(Classifier):
         *,
         model_costs: Mapping[str, float] | Sequence[float] | None = None,
     ) -> "TierPredictor":
-        """Fine-tune on `targets[i, j]` ∈ [0, 1]; `model_costs` (optional) overrides the constructor's."""
-        return self._fit(
-            queries, targets, model_names, val_queries, val_targets,
-            head=self.head, model_costs=model_costs if model_costs is not None else self.model_costs,
-        )
+        """Fine-tune on `targets[i, j]` ∈ [0, 1] (NaN = unobserved, masked); `model_costs` (optional)
+        overrides the constructor's."""
+        data = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
+        return self._fit(data, head=self.head, model_costs=model_costs if model_costs is not None else self.model_costs)
 
-    def _fit(self, queries, targets, model_names, val_queries, val_targets, *, head, model_costs):
-        model_names = [str(m) for m in model_names]
-        if len(set(model_names)) != len(model_names) or not model_names:
-            raise ValueError(f"model_names must be non-empty and unique, got {model_names}")
+    def _fit(self, data: FitInputs, *, head: str, model_costs) -> "TierPredictor":
+        """Train on validated inputs with the given head and costs (the student passes its teacher's)."""
+        queries, targets, model_names, val_queries, val_targets = data
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got '{head}'")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got '{self.loss}'")
-        queries = _check_queries(queries, "queries")
         if not queries:
             raise ValueError("fit needs at least one query")
-        targets = _check_targets(targets, len(queries), model_names, "targets")
         costs = _resolve_costs(model_costs, model_names) if model_costs is not None else None
         if head == "ordinal" and costs is None:
             raise ValueError("the ordinal head needs model_costs (relative cost per model) to order the tiers")
-        tier_order = _tier_order(costs, model_names)
+        tier_order = order_by_cost(costs, len(model_names))
 
-        if val_queries is not None:
-            val_queries = _check_queries(val_queries, "val_queries")
-            if val_targets is None:
-                raise ValueError("val_queries given without val_targets")
-            val_targets = _check_targets(val_targets, len(val_queries), model_names, "val_targets")
-        args_dict = self._training_args_dict()
+        args_dict = self.resolved_training_args()
         if val_queries is None and self.val_fraction > 0:
             queries, targets, val_queries, val_targets = _split(
                 queries, targets, self.val_fraction, int(args_dict.get("seed", 0))
@@ -189,8 +189,10 @@ class TierPredictor(Classifier):
         self._train(queries, targets, val_queries, val_targets, args_dict)
         return self
 
-    def _training_args_dict(self) -> dict[str, Any]:
-        return {**DEFAULT_TRAINING_ARGS, **_to_plain(self.training_args or {})}
+    def resolved_training_args(self) -> dict[str, Any]:
+        """`training_args` merged over `default_training_args()`: what the Trainer is given (before the
+        fixed fields set in `_train`: output dir, evaluation/early-stopping wiring)."""
+        return {**default_training_args(), **to_plain(self.training_args or {})}
 
     def _build_model(self, model_names: list[str]):
         """Return (model, tokenizer) to fine-tune: the pretrained base with a fresh n_models head."""
@@ -206,7 +208,7 @@ class TierPredictor(Classifier):
             label2id={m: i for i, m in enumerate(model_names)},
         )
         if self.num_layers is not None:
-            keep_layers(model, select_layers(_n_encoder_layers(model), self.num_layers))
+            keep_layers(model, select_layers(n_encoder_layers(model), self.num_layers))
         return model, tokenizer
 
     def _train(self, queries, targets, val_queries, val_targets, args_dict) -> None:
@@ -224,7 +226,8 @@ class TierPredictor(Classifier):
             return tokenizer(batch["text"], truncation=True, max_length=self.max_length)
 
         def dataset(texts, y):
-            ds = Dataset.from_dict({"text": list(texts), "labels": y.astype(np.float32).tolist()})
+            labels = np.where(np.isnan(y), MISSING_LABEL, y).astype(np.float32)
+            ds = Dataset.from_dict({"text": list(texts), "labels": labels.tolist()})
             return ds.map(tokenize, batched=True, remove_columns=["text"], desc="tokenize")
 
         train_ds = dataset(queries, targets)
@@ -288,7 +291,8 @@ class TierPredictor(Classifier):
         if isinstance(pw, str):
             if pw != "balanced":
                 raise ValueError(f"pos_weight must be None, 'balanced', a number or a list, got '{pw}'")
-            pos = targets.mean(axis=0)
+            observed = np.isfinite(targets)
+            pos = np.where(observed, targets, 0.0).sum(0) / np.maximum(observed.sum(0), 1)
             return np.clip((1 - pos) / np.maximum(pos, 1e-6), 1 / MAX_POS_WEIGHT, MAX_POS_WEIGHT)
         arr = np.broadcast_to(np.asarray(pw, dtype=np.float64), (targets.shape[1],))
         return arr.copy()
@@ -307,7 +311,7 @@ class TierPredictor(Classifier):
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit or load_classifier first")
-        texts = _check_queries(_as_list(queries), "queries")
+        texts = as_queries(queries)
         m = len(self.model_names_)
         out = np.zeros((len(texts), m), dtype=np.float32)
         if not texts:
@@ -331,29 +335,14 @@ class TierPredictor(Classifier):
 
     # -- persistence -------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        return _to_plain({
-            "base_model": self.base_model,
-            "base_model_fallback": self.base_model_fallback,
-            "head": getattr(self, "head_", self.head),
-            "loss": self.loss,
-            "max_length": self.max_length,
-            "truncation_side": self.truncation_side,
-            "training_args": self.training_args,
-            "early_stopping_patience": self.early_stopping_patience,
-            "val_fraction": self.val_fraction,
-            "pos_weight": self.pos_weight,
-            "freeze_embeddings": self.freeze_embeddings,
-            "freeze_layers": self.freeze_layers,
-            "num_layers": self.num_layers,
-            # after fit: the costs actually used, by model name (they fix the ordinal tier order)
-            "model_costs": getattr(self, "model_costs_", None) or self.model_costs,
-            "predict_batch_size": self.predict_batch_size,
-            "output_dir": self.output_dir,
-            "device": self.device,
-            "show_progress": self.show_progress,
-        })
+        cfg = super().get_config()
+        # after fit: the head and costs actually used (a student takes its teacher's; the costs, by model
+        # name, fix the ordinal tier order)
+        cfg["head"] = getattr(self, "head_", self.head)
+        cfg["model_costs"] = to_plain(getattr(self, "model_costs_", None) or self.model_costs)
+        return cfg
 
-    def _save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path) -> None:
         if not hasattr(self, "model_"):
             raise ValueError(f"cannot save an unfitted {type(self).__name__}")
         hf = directory / HF_SUBDIR
@@ -362,7 +351,7 @@ class TierPredictor(Classifier):
         if getattr(self, "train_log_", None):
             (directory / TRAIN_LOG_FILE).write_text(json.dumps(self.train_log_, indent=1))
 
-    def _load_state(self, directory: Path) -> None:
+    def load_state(self, directory: Path) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         hf = directory / HF_SUBDIR
@@ -384,42 +373,38 @@ class TierPredictor(Classifier):
         costs = _resolve_costs(self.model_costs, self.model_names_) if self.model_costs is not None else None
         if head == "ordinal" and costs is None:
             raise ClassifierLoadError(f"{directory}: an ordinal TierPredictor needs model_costs in its config")
-        self.head_, self.tier_order_ = head, _tier_order(costs, self.model_names_)
+        self.head_, self.tier_order_ = head, order_by_cost(costs, len(self.model_names_))
         self.model_costs_ = None if costs is None else dict(zip(self.model_names_, map(float, costs)))
         self.model_, self.tokenizer_ = model.eval().requires_grad_(False), tokenizer
         log = directory / TRAIN_LOG_FILE
         self.train_log_ = json.loads(log.read_text()) if log.is_file() else []
 
 
-# -- pure helpers (numpy; shared with distill.py and usable by exporters) -------------------------------
-def _running_max(x: np.ndarray, tier_order: Sequence[int]) -> np.ndarray:
-    order = np.asarray(tier_order, dtype=int)
-    out = np.empty_like(x)
-    out[:, order] = np.maximum.accumulate(x[:, order], axis=1)
-    return out
+# -- helpers ------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _training_defaults() -> dict[str, Any]:
+    path = resolve_config_path(TRAINING_DEFAULTS_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"{TRAINING_DEFAULTS_FILE} (the tier predictor's training defaults) is missing")
+    block = (yaml.safe_load(path.read_text()) or {}).get("training_args")
+    if not isinstance(block, Mapping):
+        raise ValueError(f"{path}: 'training_args' must be a mapping of TrainingArguments fields")
+    return dict(block)
 
 
-def cumulative_targets(targets: np.ndarray, tier_order: Sequence[int]) -> np.ndarray:
-    """Ordinal targets c_{i,π_k} = max_{k'≤k} y_{i,π_k'}: "some tier at most as costly as π_k succeeds"."""
-    return _running_max(np.asarray(targets, dtype=np.float64), tier_order)
-
-
-def logits_to_proba(logits: np.ndarray, head: str, tier_order: Sequence[int]) -> np.ndarray:
-    """σ(logits), plus the running max along the cost order for the ordinal head (see module docstring)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    p = 0.5 * (1.0 + np.tanh(0.5 * logits))  # numerically stable sigmoid
-    if head == "ordinal":
-        p = _running_max(p, tier_order)
-    elif head != "multilabel":
-        raise ValueError(f"head must be one of {HEADS}, got '{head}'")
-    return p.astype(np.float32)
+def default_training_args() -> dict[str, Any]:
+    """The `training_args:` block of configs/classifier/tier_predictor.yaml (the one source of these
+    defaults, sized for a 2-core CPU; the YAML comments say why), as a fresh dict."""
+    return dict(_training_defaults())
 
 
 def make_loss(kind: str = "bce", pos_weight: np.ndarray | None = None):
     """A `Trainer(compute_loss_func=...)` callable: BCE-with-logits on soft targets, or MSE on σ(z).
 
-    The sum is divided by `num_items_in_batch` (label entries over the accumulated batch) when the Trainer
-    gives it, so gradient accumulation and multi-device training weigh every entry equally.
+    Entries labelled MISSING_LABEL (NaN targets: unobserved) are masked out. The sum is divided by
+    `num_items_in_batch` (observed label entries over the accumulated batch: the Trainer counts labels
+    other than -100) when the Trainer gives it, else by this batch's observed entries, so gradient
+    accumulation and multi-device training weigh every observed entry equally.
     """
     import torch
     import torch.nn.functional as F
@@ -429,13 +414,16 @@ def make_loss(kind: str = "bce", pos_weight: np.ndarray | None = None):
     def loss_fn(outputs, labels, num_items_in_batch=None):
         logits = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).float()
         labels = labels.to(logits.dtype)
+        observed = labels != MISSING_LABEL
+        y = torch.where(observed, labels, torch.zeros_like(labels))
         if kind == "mse":
-            total = F.mse_loss(torch.sigmoid(logits), labels, reduction="sum")
+            per_entry = (torch.sigmoid(logits) - y) ** 2
         else:
             pw = None if pw_cpu is None else pw_cpu.to(logits.device)
-            total = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pw, reduction="sum")
-        denom = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        return total / denom
+            per_entry = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")
+        total = (per_entry * observed).sum()
+        denom = observed.sum() if num_items_in_batch is None else num_items_in_batch
+        return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
 
     return loss_fn
 
@@ -464,7 +452,8 @@ def _encoder_layers(model):
     return getattr(parent, attr)
 
 
-def _n_encoder_layers(model) -> int:
+def n_encoder_layers(model) -> int:
+    """Number of encoder layers of a BERT/DistilBERT-style model."""
     return len(_encoder_layers(model))
 
 
@@ -486,14 +475,8 @@ def keep_layers(model, layers: Sequence[int]) -> None:
     model.config.num_hidden_layers = len(kept)
 
 
-def _tier_order(costs: np.ndarray | None, model_names: Sequence[str]) -> list[int]:
-    if costs is None:
-        return list(range(len(model_names)))
-    return [int(i) for i in np.argsort(np.asarray(costs, dtype=np.float64), kind="stable")]
-
-
 def _resolve_costs(model_costs, model_names: Sequence[str]) -> np.ndarray:
-    model_costs = _to_plain(model_costs)
+    model_costs = to_plain(model_costs)
     if isinstance(model_costs, Mapping):
         missing = [m for m in model_names if m not in model_costs]
         if missing:
@@ -509,32 +492,6 @@ def _resolve_costs(model_costs, model_names: Sequence[str]) -> np.ndarray:
         raise ValueError(f"model_costs must be numbers, got {costs}") from e
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"model_costs must be finite, got {costs}")
-    return arr
-
-
-def _check_queries(queries, name: str) -> list[str]:
-    if isinstance(queries, str):
-        queries = [queries]
-    queries = list(queries)
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise ValueError(f"{name}[{i}] is a {type(q).__name__}, expected a string")
-    return queries
-
-
-def _check_targets(targets, n: int, model_names: Sequence[str], name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(targets, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be a numeric (n_queries, n_models) array: {e}") from e
-    if arr.shape != (n, len(model_names)):
-        raise ValueError(f"{name} has shape {arr.shape}, expected ({n}, {len(model_names)}) (queries x models)")
-    bad = np.argwhere(~np.isfinite(arr) | (arr < 0) | (arr > 1))
-    if len(bad):
-        i, j = bad[0]
-        raise ValueError(
-            f"{name}[{i}, {j}] (model '{model_names[j]}') = {arr[i, j]} is not in [0, 1] ({len(bad)} bad entries)"
-        )
     return arr
 
 
@@ -583,14 +540,3 @@ def _training_arguments(kwargs: dict[str, Any]):
     if unknown:
         raise ValueError(f"training_args: unknown TrainingArguments field(s) {unknown}")
     return TrainingArguments(**kw)
-
-
-def _to_plain(obj):
-    """Mappings/sequences (including OmegaConf containers from Hydra) → plain dict/list for JSON."""
-    if isinstance(obj, Mapping):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
