@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.serving.governance import (
     CARD_IIN_RANGES,
     IBAN_LENGTHS,
@@ -20,6 +21,8 @@ from kronaxis_lab.serving.governance import (
     GovernanceConfigError,
     GovernancePolicy,
     RegexDetector,
+    default_detectors,
+    endpoints_from_fleet,
     iban_valid,
     luhn_valid,
 )
@@ -328,14 +331,34 @@ def test_config_errors_name_the_field():
         GovernancePolicy([EmailDetector()], endpoints={"a": "all"})
 
 
+def test_guard_keeps_an_allowed_choice_and_moves_a_disallowed_or_unavailable_one():
+    pol = GovernancePolicy([EmailDetector()], endpoints={"local": "*", "eu": ["email"], "cloud": []})
+    names, tiers, costs = ["local", "eu", "cloud"], [0, 1, 1], [1.0, 5.0, 3.0]
+    texts = ["hello", "mail a.b@c.io", "hello"]
+    cand = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], dtype=bool)  # row 2: cloud has no upstream
+    res = pol.guard(texts, [1, 2, 2], names, tiers, costs, candidates_mask=cand)
+    # row 0: eu is allowed, so it stays (decide alone would take cloud, cheaper at the same tier);
+    # row 1: cloud may not receive email → the cheapest allowed model of tier >= 1, eu;
+    # row 2: governance allows cloud, but it cannot be called → eu
+    assert res.chosen == [1, 1, 1] and GovernancePolicy.decide([1], res.mask[:1], tiers, costs) == [2]
+    assert not res.allowed[1, 2] and res.allowed[2].all() and not res.mask[2, 2]
+    assert [r["rerouted"] for r in res.records] == [False, True, True]
+    assert pol.guard(["mail a.b@c.io"], [2], names, tiers, costs, candidates_mask=[0, 0, 1]).chosen == [None]
+
+
+def test_default_detectors_are_the_default_config():
+    """The router's built-in default (no governance config given) = configs/governance/default.yaml."""
+    from_yaml, built_in = _policy("default").detectors, default_detectors()
+    assert [(type(d), vars(d)) for d in from_yaml] == [(type(d), vars(d)) for d in built_in]
+
+
 def test_pluggable_detector_and_fleet_endpoints(local_cloud):
     emp = RegexDetector("employee_id", [r"\bEMP-(?P<value>\d{6})\b"])
-    pol = GovernancePolicy(
-        local_cloud.detectors + [emp],
-        endpoints=GovernancePolicy.endpoints_from_fleet(
-            {"local": {"tier": 0, "data_classes": "*"}, "cloud": {"tier": 1, "data_classes": []}}
-        ),
-    )
+    fleet = Fleet.from_config({"models": {"local": {"tier": 0, "data_classes": "*"},
+                                          "cloud": {"tier": 1, "data_classes": []},
+                                          "eu": {"tier": 1, "data_classes": ["email", "*"]}}})
+    assert endpoints_from_fleet(fleet) == {"local": "*", "cloud": [], "eu": "*"}  # "*" anywhere = every class
+    pol = GovernancePolicy(local_cloud.detectors + [emp], endpoints=endpoints_from_fleet(fleet))
     assert pol.detect(["badge EMP-004211 lost"]) == [{"employee_id"}]
     assert pol.redact("badge EMP-004211 lost") == "badge EMP-[REDACTED:employee_id] lost"
     res = pol.guard(["badge EMP-004211 lost", "hello"], [1, 1], ["local", "cloud"], [0, 1])
@@ -349,10 +372,12 @@ def test_batch_first_inputs(policy):
         policy.detect(["ok", None])
 
 
+@pytest.mark.timeout(120)
 def test_no_catastrophic_backtracking_on_long_inputs(policy):
-    """Pasted logs/blobs must not stall the router: every pattern is anchored so scanning stays ~linear."""
+    """Pasted logs/blobs must not stall the router: every pattern is anchored so scanning stays ~linear.
+    Here: the scan of each blob finishes (the timeout only catches a hang); its speed is measured by
+    benchmarks/governance_scan.py."""
     import string
-    import time
 
     rng = random.Random(2)
     blobs = [
@@ -363,7 +388,5 @@ def test_no_catastrophic_backtracking_on_long_inputs(policy):
         "x" * 50_000 + " = 1",
         " ".join(rng.choice(["call me", "at", "key", "token", "is", "password", "dot", "com"]) for _ in range(10_000)),
     ]
-    for blob in blobs:
-        t0 = time.perf_counter()
-        policy.detect([blob])
-        assert time.perf_counter() - t0 < 3.0, blob[:40]
+    found = policy.detect(blobs)
+    assert len(found) == len(blobs) and all(c <= CLASSES for c in found)

@@ -1,6 +1,6 @@
 """The router app over real HTTP on 127.0.0.1 (uvicorn in a thread), with a small fake bundle.
 
-The fake bundle has the bundle API (model_names, fleet, premium, meta, predict_proba, decide) and a transparent
+The fake bundle implements the `RouterBundle` protocol (what the router needs from a bundle) with a transparent
 classifier: a text containing "hard" gets P̂(small) = 0.1, any other 0.9; P̂(big) = 0.95. The upstreams are
 real OpenAI-compatible echo servers (tests/servers/faulty_server.py) that record what reaches them.
 The end-to-end test with an exported bundle and real models is tests/test_serve_e2e.py.
@@ -21,12 +21,17 @@ import httpx
 import numpy as np
 import pytest
 
+from kronaxis_lab.backends.base import estimate_tokens
 from kronaxis_lab.data.fleet import Fleet
+from kronaxis_lab.pipelines.serve import build_app
 from kronaxis_lab.routing.policies import Threshold
 from kronaxis_lab.serving.app import create_app
+from kronaxis_lab.serving.batching import InferenceBatcher
 from kronaxis_lab.serving.components import build_governance, stickiness_factory
-from kronaxis_lab.serving.settings import ServeConfigError, ServeSettings
+from kronaxis_lab.serving.protocols import RouterBundle
+from kronaxis_lab.serving.settings import BundleOptions, ServeConfigError, ServeSettings
 from kronaxis_lab.serving.upstreams import Upstreams
+from tests.conftest import compose
 from tests.servers.faulty_server import create_faulty_app
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -38,7 +43,7 @@ HARD = [{"role": "user", "content": "A hard one: prove that there are infinitely
 # helpers
 # ---------------------------------------------------------------------------------------------------
 class FakeBundle:
-    """Bundle API with a keyword classifier; records each predict_proba batch size."""
+    """A `RouterBundle` with a keyword classifier and a threshold policy; records each predict_proba batch size."""
 
     def __init__(self, fail: bool = False, data_classes: dict[str, Any] | None = None) -> None:
         self.dir = "fake-bundle"
@@ -49,11 +54,14 @@ class FakeBundle:
             models[name]["data_classes"] = classes
         self.fleet = Fleet.from_config({"models": models})
         self.premium = "big"
-        self.default_variant = "fp32"
-        self.meta = {"policy": {"name": "threshold", "param": 0.5,
+        self.policy_name, self.param = "threshold", 0.5
+        self.meta = {"policy": {"name": self.policy_name, "param": self.param,
                                 "config": {"_target_": "kronaxis_lab.routing.policies.Threshold"}}}
+        self.bundle_id = "fake-bundle-id"
+        self.governance = None
         self.fail = fail
         self.batches: list[int] = []
+        self.warmups = 0
         self._lock = threading.Lock()
 
     def predict_proba(self, texts: list[str], variant: str | None = None) -> np.ndarray:
@@ -64,9 +72,16 @@ class FakeBundle:
         time.sleep(0.002)  # a real call has a cost, so concurrent requests pile up behind it
         return np.array([[0.1 if "hard" in t.lower() else 0.9, 0.95] for t in texts])
 
-    def decide(self, P: np.ndarray, texts: list[str] | None = None, tasks: Any = None, *, cost: Any = None,
-               input_tokens: Any = None, param: float | None = None) -> np.ndarray:
-        return Threshold().choose(P, np.tile([1.0, 10.0], (len(P), 1)), [0.5 if param is None else param])[0]
+    def expected_cost(self, texts: list[str]) -> np.ndarray:
+        p_in, p_out = self.fleet.prices()
+        n_in = np.array([estimate_tokens(len(t)) for t in texts], dtype=float)
+        return n_in[:, None] * p_in[None, :] + 256 * p_out[None, :]
+
+    def decide(self, P: np.ndarray, texts: list[str] | None = None, *, param: float | None = None) -> np.ndarray:
+        return Threshold().choose(P, np.tile([1.0, 10.0], (len(P), 1)), [self.param if param is None else param])[0]
+
+    def warmup(self, variant: str | None = None) -> None:
+        self.warmups += 1
 
 
 class ServerThread:
@@ -196,23 +211,18 @@ def test_micro_batching_gathers_concurrent_requests_and_keeps_rows_apart():
                                         for t in texts))
         return [r.json() for r in rs]
 
+    # a batch closes when it holds max_batch texts; the wait bound (60 s) is never reached, so no timing matters
     for enabled in (True, False):
         bundle = FakeBundle()
-        with ServerThread(router(bundle, settings={"batching": {"enabled": enabled, "max_batch": 64,
-                                                                "max_wait_ms": 20, "workers": 2}})) as r:
+        with ServerThread(router(bundle, settings={"batching": {"enabled": enabled, "max_batch": 16,
+                                                                "max_wait_ms": 60_000, "workers": 2}})) as r:
             out = asyncio.run(burst(r.url, 48))
         # each request gets its own row back: "hard" ones (i % 3 == 0) → big
         assert [d["model"] for d in out] == ["big" if i % 3 == 0 else "small" for i in range(48)]
-        assert sum(bundle.batches) == 48
-        if enabled:
-            assert len(bundle.batches) < 48 / 4 and max(bundle.batches) > 4, bundle.batches
-        else:
-            assert bundle.batches == [1] * 48
+        assert bundle.batches == ([16] * 3 if enabled else [1] * 48)
 
 
 def test_batcher_runs_the_policy_per_key_group_and_isolates_failures():
-    from kronaxis_lab.serving.batching import InferenceBatcher
-
     calls: list[tuple[int, Any]] = []
 
     def predict(texts: list[str]) -> np.ndarray:
@@ -225,7 +235,7 @@ def test_batcher_runs_the_policy_per_key_group_and_isolates_failures():
         return P[:, 0].astype(int) * (10 if key == "x10" else 1)
 
     async def main() -> list[Any]:
-        b = InferenceBatcher(predict, post, max_batch=100, max_wait_ms=50)
+        b = InferenceBatcher(predict, post, max_batch=8, max_wait_ms=60_000)  # 4 requests × 2 texts fill it
         await b.start()
         try:
             jobs = [b.predict([f"q {i}", f"q {i + 1}"], key) for i, key in enumerate(["x1", "x10", "bad", "x1"])]
@@ -464,6 +474,27 @@ def test_governance_refuses_when_no_allowed_upstream():
         assert d["model"] == "small" and d["data_classes"] == ["credit_card"]
 
 
+def test_without_a_governance_config_the_default_detectors_guard_the_fleet_data_classes():
+    bundle = FakeBundle(data_classes={"small": ["*"], "big": []})
+    with ServerThread(router(bundle)) as r:
+        d = route(r.url, {"messages": [{"role": "user", "content": "mail dana.whitfield@example.com"}],
+                          "model": "big"}).json()
+        assert d["model"] == "small" and d["data_classes"] == ["email"]
+        assert any("may not receive ['email']" in x for x in d["reasons"])
+        assert route(r.url, {"messages": HARD, "model": "big"}).json()["model"] == "big"
+
+
+def test_serving_code_reads_no_repository_config():
+    """The library builds its defaults in Python (a wheel has no configs/): importing it loads no pipeline."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kronaxis_lab.serving.app, kronaxis_lab.serving.components; "
+            "print(sorted(m for m in sys.modules if m.startswith('kronaxis_lab.pipelines')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_governance_config_must_name_fleet_models():
     with pytest.raises(ServeConfigError, match="not in the bundle's fleet"):
         build_governance(gov_config({"gpt-4": []}), FakeBundle())
@@ -519,12 +550,27 @@ def test_routing_token_carries_escalation_under_first_turn_scheme():
 # ---------------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------------
+def test_fake_bundle_implements_the_router_bundle_protocol():
+    assert isinstance(FakeBundle(), RouterBundle)
+
+
+def test_settings_defaults_have_one_source():
+    """configs/serve.yaml writes no value of `settings` / `bundle_options`: the composed nodes are the pydantic
+    models' defaults (and still overridable from the command line)."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "serve.yaml")
+    assert "settings" not in raw and "bundle_options" not in raw
+    cfg = compose("serve", ["settings.batching.workers=3", "bundle_options.batch_size=8"])
+    settings = OmegaConf.to_container(cfg.settings, resolve=True)
+    assert settings == {**ServeSettings().model_dump(), "batching": {**ServeSettings().batching.model_dump(),
+                                                                     "workers": 3}}
+    assert OmegaConf.to_container(cfg.bundle_options) == {**BundleOptions().model_dump(), "batch_size": 8}
+
+
 def test_serve_configs_compose_and_bad_settings_are_clear_errors(tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    from kronaxis_lab.pipelines.serve import build_app
-    from tests.conftest import compose
 
     cfg = compose("serve", ["upstreams=local_cpu", "governance=local_cloud", "settings.batching.max_batch=8"])
     settings = ServeSettings.from_config(OmegaConf.to_container(cfg.settings, resolve=True))
@@ -540,6 +586,8 @@ def test_serve_configs_compose_and_bad_settings_are_clear_errors(tmp_path):
         ServeSettings.from_config({"batching": {"max_batch": 0}})
     with pytest.raises(ServeConfigError, match="nope"):
         ServeSettings.from_config({"nope": 1})
+    with pytest.raises(ServeConfigError, match="(?s)bundle_options.*batch_size"):
+        BundleOptions.from_config({"batch_size": 0})
     with pytest.raises(ServeConfigError, match="endpoints"):
         Upstreams(models={"small": {}})
     with pytest.raises(ServeConfigError, match="not in the bundle's fleet"):

@@ -23,6 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kronaxis_lab.export.bundle import load_bundle
+from kronaxis_lab.serving.protocols import RouterBundle
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("kronaxis-serve")
 
@@ -171,6 +174,13 @@ def _user(text: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_exported_bundle_has_the_api_the_router_needs(bundle):
+    b = load_bundle(bundle)
+    assert isinstance(b, RouterBundle)
+    assert b.expected_cost(["hi", "a longer question " * 20]).shape == (2, len(FLEET))
+
+
 @pytest.mark.slow
 def test_command_contract_and_stickiness_across_two_processes(bundle, tmp_path):
     """Exactly `kronaxis-serve bundle=<dir> server.host=127.0.0.1 server.port=<port>`: /v1/route answers with

@@ -8,9 +8,17 @@ is a result with `error` set, never an exception that loses the rest of the batc
 from __future__ import annotations
 
 import asyncio
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+CHARS_PER_TOKEN = 4  # rough mean for English text with BPE tokenizers, when no tokenizer or usage is at hand
+
+
+def estimate_tokens(n_chars: int) -> int:
+    """⌈n_chars / 4⌉: the token count assumed for text of `n_chars` characters when nothing better is known."""
+    return math.ceil(n_chars / CHARS_PER_TOKEN)
 
 
 @dataclass

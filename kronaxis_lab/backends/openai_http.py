@@ -390,7 +390,8 @@ class OpenAIHTTPBackend(Backend):
         retry = 0
         while True:
             if bucket is not None:
-                self._counters["rate_limit_wait_s"] += await bucket.acquire()  # type: ignore[assignment]
+                waited = await bucket.acquire()  # awaited first: `x += await f()` reads x before the await
+                self._counters["rate_limit_wait_s"] += waited  # type: ignore[assignment]
             retry_after: float | None = None
             await sem.acquire()
             held = True

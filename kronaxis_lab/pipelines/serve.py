@@ -6,6 +6,10 @@
     KRONAXIS_STICKY_SALT=<secret> kronaxis-serve bundle=<dir> ...        # same salt in every process behind the LB
 
 Without upstreams the router still answers POST /v1/route (decisions) and /v1/chat/completions answers 503.
+
+The `settings` and `bundle_options` nodes of the composed config are the defaults of `ServeSettings` and
+`BundleOptions` (kronaxis_lab/serving/settings.py, their one source), registered below as the config-store
+entries `settings/defaults` and `bundle_options/defaults` that configs/serve.yaml selects.
 """
 
 from __future__ import annotations
@@ -15,40 +19,46 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from fastapi import FastAPI
+from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from kronaxis_lab.export.bundle import BundleError, load_bundle
 from kronaxis_lab.pipelines.common import CONFIG_DIR, build
-from kronaxis_lab.serving.settings import ServeConfigError, ServeSettings
+from kronaxis_lab.serving.app import create_app
+from kronaxis_lab.serving.components import build_governance, stickiness_factory
+from kronaxis_lab.serving.settings import BundleOptions, ServeConfigError, ServeSettings
 
 log = logging.getLogger("kronaxis_lab.serve")
 
+_store = ConfigStore.instance()
+_store.store(group="settings", name="defaults", node=ServeSettings().model_dump())
+_store.store(group="bundle_options", name="defaults", node=BundleOptions().model_dump())
 
-def build_app(cfg: DictConfig) -> Any:
+
+def _node(cfg: DictConfig, key: str) -> dict[str, Any] | None:
+    return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) else None
+
+
+def build_app(cfg: DictConfig) -> FastAPI:
     """Load the bundle and build the FastAPI app from a composed serve config (pure: no server started)."""
-    from hydra.errors import InstantiationException
-
-    from kronaxis_lab.export.bundle import load_bundle
-    from kronaxis_lab.serving.app import create_app
-    from kronaxis_lab.serving.components import build_governance, stickiness_factory
-
     if not cfg.get("bundle"):
         raise ServeConfigError("kronaxis-serve needs bundle=<dir> (a directory written by kronaxis-export)")
     bundle_dir = Path(str(cfg.bundle)).expanduser()
     if not bundle_dir.is_dir():
         raise ServeConfigError(f"bundle={bundle_dir}: no such directory")
     log.info("Loading bundle <%s>", bundle_dir)
-    opts = OmegaConf.to_container(cfg.bundle_options, resolve=True) if cfg.get("bundle_options") else {}
-    bundle = load_bundle(bundle_dir, **opts)
+    bundle = load_bundle(bundle_dir, **BundleOptions.from_config(_node(cfg, "bundle_options")).model_dump())
     try:
         upstreams = build(cfg.upstreams, "upstreams") if cfg.get("upstreams") else None
     except InstantiationException as e:  # e.g. an API-key env var that is not set
         raise ServeConfigError(f"upstreams: {e.__cause__ or e}") from e
     governance = build_governance(cfg.get("governance"), bundle)
     stickiness = stickiness_factory(cfg.get("stickiness"), bundle)
-    settings = ServeSettings.from_config(
-        OmegaConf.to_container(cfg.settings, resolve=True) if cfg.get("settings") else None)
-    policies = OmegaConf.to_container(cfg.policies, resolve=True) if cfg.get("policies") else None
-    return create_app(bundle, upstreams, settings, governance=governance, stickiness=stickiness, policies=policies)
+    settings = ServeSettings.from_config(_node(cfg, "settings"))
+    return create_app(bundle, upstreams, settings, governance=governance, stickiness=stickiness,
+                      policies=_node(cfg, "policies"))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -66,8 +76,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
-    from kronaxis_lab.export.bundle import BundleError
-
     try:
         run(cfg)
     except (ServeConfigError, BundleError) as e:

@@ -3,6 +3,9 @@
     app = create_app(load_bundle(dir), Upstreams(models={...}), ServeSettings())
     uvicorn.run(app, host="127.0.0.1", port=8080)          # or: kronaxis-serve bundle=<dir> server.port=8080
 
+`create_app` wires a `RouterService` (the app's state: engine, upstreams, settings, metrics) into FastAPI: each
+endpoint below is one of its methods.
+
 Endpoints
 - `POST /v1/chat/completions` — OpenAI chat body. `model`: "kronaxis/auto" (route with the bundle's policy),
   "kronaxis/<policy>:<param>" (route at another operating point), or a fleet model name (pass-through; governance
@@ -26,16 +29,23 @@ Request bodies, headers and API keys are never logged.
 import asyncio
 import json
 import logging
-import math
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Mapping
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kronaxis_lab.serving.engine import Conversation, Decision, RequestError, RoutingEngine
+from kronaxis_lab.backends.base import estimate_tokens
+from kronaxis_lab.serving.components import build_governance
+from kronaxis_lab.serving.engine import Conversation, Decision, PolicySpec, RequestError, RoutingEngine
+from kronaxis_lab.serving.governance import GovernancePolicy
 from kronaxis_lab.serving.metrics import RouterMetrics
-from kronaxis_lab.serving.settings import ServeSettings
+from kronaxis_lab.serving.protocols import RouterBundle
+from kronaxis_lab.serving.settings import ServeSettings, SessionSettings
+from kronaxis_lab.serving.stickiness import StickinessGuard
 from kronaxis_lab.serving.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -90,255 +100,287 @@ class _StreamMeter:
                     self.chars += len(content) if isinstance(content, str) else 0
 
 
-def create_app(
-    bundle: Any,
-    upstreams: Upstreams | Mapping[str, Any] | None = None,
-    settings: ServeSettings | Mapping[str, Any] | None = None,
-    *,
-    governance: Any = None,
-    stickiness: Callable[[str], Any] | None = None,
-    policies: Mapping[str, Any] | None = None,
-) -> Any:
-    """FastAPI router app over `bundle` (see the module docstring).
+# --------------------------------------------------------------------------------------------------
+# Reading requests
+# --------------------------------------------------------------------------------------------------
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, at most `limit` bytes (413 beyond, even without a content-length)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {limit}", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise RequestError(400, "request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    return body
 
-    Args:
-        bundle: a loaded bundle (`kronaxis_lab.export.bundle.load_bundle`).
-        upstreams: `Upstreams` (or its kwargs); None/empty = decisions only.
-        settings: `ServeSettings` (or its dict).
-        governance: a `GovernancePolicy`; None = configs/governance/default.yaml with endpoints from the bundle/fleet.
-        stickiness: operating-point key → `StickinessGuard` (see `components.stickiness_factory`); None = off.
-        policies: policy name → Hydra config, for `kronaxis/<name>:<param>` overrides.
-    """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from kronaxis_lab.serving.components import build_governance
+def session_key(request: Request | None, body: Mapping[str, Any], s: SessionSettings) -> str | None:
+    """The stickiness session key: the session header, else (if enabled) the OpenAI `user` field."""
+    key = request.headers.get(s.header) if request is not None else None
+    if not key and s.use_user_field:
+        user = body.get("user")
+        key = user if isinstance(user, str) else None
+    return key or None
 
-    settings = ServeSettings.from_config(settings)
-    if upstreams is None or isinstance(upstreams, Mapping):
-        upstreams = Upstreams(**dict(upstreams or {}))
-    metrics = RouterMetrics()
-    if governance is None:
-        governance = build_governance(None, bundle)
-    engine = RoutingEngine(bundle, governance, stickiness, settings, policies, metrics)
-    upstreams.check_fleet(engine.names)
-    available = np.array([n in upstreams for n in engine.names], dtype=bool)
+
+# --------------------------------------------------------------------------------------------------
+# The service: state + one method per endpoint
+# --------------------------------------------------------------------------------------------------
+class RouterService:
+    """The router's state and request handlers (see `create_app` for the arguments)."""
+
+    def __init__(self, bundle: RouterBundle, upstreams: Upstreams, settings: ServeSettings,
+                 governance: GovernancePolicy, stickiness: Callable[[str], StickinessGuard] | None,
+                 policies: Mapping[str, Any] | None) -> None:
+        self.bundle, self.upstreams, self.settings = bundle, upstreams, settings
+        self.metrics = RouterMetrics()
+        self.engine = RoutingEngine(bundle, governance, stickiness, settings, policies, self.metrics)
+        self.stickiness = stickiness is not None and settings.session.enabled
+        upstreams.check_fleet(self.engine.names)
+        self.available = np.array([n in upstreams for n in self.engine.names], dtype=bool)
 
     @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        if hasattr(bundle, "warmup"):  # ONNX session + first run before the first request, not during it
-            await asyncio.to_thread(bundle.warmup, *([settings.variant] if settings.variant else []))
-        await engine.batcher.start()
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        # ONNX session + first run before the first request, not during it
+        await asyncio.to_thread(self.bundle.warmup, self.settings.variant)
+        await self.engine.batcher.start()
         try:
             yield
         finally:
-            await engine.batcher.stop()
-            await upstreams.aclose()
+            await self.engine.batcher.stop()
+            await self.upstreams.aclose()
 
-    app = FastAPI(title="kronaxis router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.metrics, app.state.upstreams, app.state.settings = engine, metrics, upstreams, settings
-
-    def error_response(e: RequestError) -> Any:
-        metrics.errors.labels(status=str(e.status)).inc()
+    # -- errors ------------------------------------------------------------------------------------
+    def error_response(self, e: RequestError) -> JSONResponse:
+        self.metrics.errors.labels(status=str(e.status)).inc()
         return JSONResponse(e.body(), status_code=e.status)
 
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, e: RequestError) -> Any:
-        return error_response(e)
+    async def on_request_error(self, request: Request, e: RequestError) -> JSONResponse:
+        return self.error_response(e)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException) -> Any:
+    async def on_http_error(self, request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if e.status_code == 404 else "invalid_request_error"
-        return error_response(RequestError(e.status_code, str(e.detail), type=kind))
+        return self.error_response(RequestError(e.status_code, str(e.detail), type=kind))
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, e: Exception) -> Any:
+    async def on_internal_error(self, request: Request, e: Exception) -> JSONResponse:
         log.error("internal error on %s: %s", request.url.path, type(e).__name__, exc_info=e)
-        return error_response(RequestError(500, "internal router error", type="internal_error"))
+        return self.error_response(RequestError(500, "internal router error", type="internal_error"))
 
-    async def read_json(request: Request) -> dict[str, Any]:
-        limit = settings.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {limit}",
-                               code="body_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            raise RequestError(400, "request body is empty; expected a JSON object")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RequestError(400, f"request body is not valid JSON: {e}") from None
-        except RecursionError:
-            raise RequestError(400, "request body is nested too deeply") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
-        return body
+    # -- requests ----------------------------------------------------------------------------------
+    async def body(self, request: Request) -> dict[str, Any]:
+        return await read_json(request, self.settings.limits.max_body_bytes)
 
-    def session_key(request: Request | None, body: Mapping[str, Any]) -> str | None:
-        s = settings.session
-        key = request.headers.get(s.header) if request is not None else None
-        if not key and s.use_user_field:
-            user = body.get("user")
-            key = user if isinstance(user, str) else None
-        return key or None
-
-    def conversation(body: Mapping[str, Any], request: Request | None, where: str = "messages") -> Conversation:
-        token = request.headers.get(settings.session.token_header) if request is not None else None
+    def conversation(self, body: Mapping[str, Any], request: Request | None, where: str = "messages") -> Conversation:
+        """The conversation of `body`, with its session key and routing token (headers first, then body fields)."""
+        s = self.settings
+        token = request.headers.get(s.session.token_header) if request is not None else None
         if token is None and isinstance(body.get("route_token"), str):
             token = body["route_token"]
-        return Conversation.from_messages(body.get("messages"), settings.limits.max_messages, where,
-                                          session_key(request, body), token)
+        return Conversation.from_messages(body.get("messages"), s.limits.max_messages, where,
+                                          session_key(request, body, s.session), token)
 
-    # -- decision only ------------------------------------------------------------------------------
-    @app.post("/v1/route")
-    async def route(request: Request) -> Any:
-        body = await read_json(request)
+    # -- POST /v1/route: decision only -------------------------------------------------------------
+    async def route(self, request: Request) -> Any:
+        body = await self.body(request)
         t0 = time.perf_counter()
-        if "requests" not in body:
-            spec, forced = engine.parse_model(body.get("model"))
-            [d] = await engine.decide([conversation(body, request)], spec, forced)
-            metrics.decision_latency.observe(time.perf_counter() - t0)
-            metrics.requests.labels(endpoint="route", model=d.model or "refused", tier=str(d.tier)).inc()
-            return JSONResponse(d.to_json(), headers=decision_headers(d))
-        items = body["requests"]
+        if "requests" in body:
+            return await self.route_batch(body, t0)
+        spec, forced = self.engine.parse_model(body.get("model"))
+        [d] = await self.engine.decide([self.conversation(body, request)], spec, forced)
+        self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        self.metrics.requests.labels(endpoint="route", model=d.model or "refused", tier=str(d.tier)).inc()
+        return JSONResponse(d.to_json(), headers=decision_headers(d))
+
+    async def route_batch(self, body: Mapping[str, Any], t0: float) -> JSONResponse:
+        """`{"requests": [...]}`: items grouped by operating point, each group decided as one batch."""
+        items, limit = body["requests"], self.settings.limits.max_route_batch
         if not isinstance(items, list) or not items:
             raise RequestError(400, "'requests' must be a non-empty list of {\"messages\": [...]} objects",
                                param="requests")
-        if len(items) > settings.limits.max_route_batch:
-            raise RequestError(400, f"'requests' has {len(items)} items, more than {settings.limits.max_route_batch}",
-                               param="requests")
-        groups: dict[tuple, list[int]] = {}
+        if len(items) > limit:
+            raise RequestError(400, f"'requests' has {len(items)} items, more than {limit}", param="requests")
+        groups: dict[tuple[PolicySpec | None, int | None], list[int]] = {}
         convs = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise RequestError(400, f"requests[{i}] must be an object", param=f"requests[{i}]")
-            key = engine.parse_model(item.get("model", body.get("model")))
-            convs.append(Conversation.from_messages(
-                item.get("messages"), settings.limits.max_messages, f"requests[{i}].messages",
-                session_key(None, item), item.get("route_token") if isinstance(item.get("route_token"), str) else None))
+            key = self.engine.parse_model(item.get("model", body.get("model")))
+            convs.append(self.conversation(item, None, f"requests[{i}].messages"))
             groups.setdefault(key, []).append(i)
         results: list[Any] = [None] * len(items)
-        decided = await asyncio.gather(*(engine.decide([convs[i] for i in idx], spec, forced)
+        decided = await asyncio.gather(*(self.engine.decide([convs[i] for i in idx], spec, forced)
                                          for (spec, forced), idx in groups.items()))
         for idx, ds in zip(groups.values(), decided):
             for i, d in zip(idx, ds):
                 results[i] = {**d.to_json(), **({"route_token": d.route_token} if d.route_token else {})}
-        metrics.decision_latency.observe(time.perf_counter() - t0)
-        metrics.requests.labels(endpoint="route_batch", model="*", tier="*").inc()
+        self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        self.metrics.requests.labels(endpoint="route_batch", model="*", tier="*").inc()
         return JSONResponse({"results": results})
 
-    # -- route and forward --------------------------------------------------------------------------
-    def account(model: str, usage: Mapping[str, Any] | None, conv: Conversation, out_chars: int) -> None:
-        usage = usage or {}
-        n_in = usage.get("prompt_tokens")
-        n_out = usage.get("completion_tokens")
-        if not isinstance(n_in, (int, float)):
-            n_in = math.ceil(len(conv.full_text) / 4)  # estimate: ~4 characters per token
-        if not isinstance(n_out, (int, float)):
-            n_out = math.ceil(out_chars / 4)
-        cost, premium = engine.usage_cost(model, float(n_in), float(n_out))
-        metrics.record_cost(model, cost, premium)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        body = await read_json(request)
-        spec, forced = engine.parse_model(body.get("model"))
-        conv = conversation(body, request)
+    # -- POST /v1/chat/completions: route and forward ----------------------------------------------
+    async def chat_completions(self, request: Request) -> Any:
+        body = await self.body(request)
+        spec, forced = self.engine.parse_model(body.get("model"))
+        conv = self.conversation(body, request)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(400, "'stream' must be true or false", param="stream")
-        if not upstreams:
+        if not self.upstreams:
             raise RequestError(503, "no upstreams are configured for this router: it can only answer POST /v1/route. "
                                "Start it with upstreams=<configs/upstreams/NAME> mapping fleet models to endpoints.",
                                type="service_unavailable", code="no_upstreams")
         t0 = time.perf_counter()
-        [d] = await engine.decide([conv], spec, forced, available=available)
-        metrics.decision_latency.observe(time.perf_counter() - t0)
+        [d] = await self.engine.decide([conv], spec, forced, available=self.available)
+        self.metrics.decision_latency.observe(time.perf_counter() - t0)
         if d.refused:
             raise RequestError(403, f"refused by governance: the conversation carries data of class(es) "
                                f"{d.data_classes}, which no available endpoint may receive",
                                type="governance_refused", code="data_class_not_allowed")
-        body = {k: v for k, v in body.items() if k not in ROUTER_FIELDS}
-        order = [d.model] + ([engine.names[j] for j in engine.fallback_order(d)]
-                             if settings.fallback_across_models else [])
+        return await self.forward(d, conv, {k: v for k, v in body.items() if k not in ROUTER_FIELDS}, stream)
+
+    async def forward(self, d: Decision, conv: Conversation, body: dict[str, Any], stream: bool) -> Response:
+        """The chosen model's endpoint chain; when it all fails, the next allowed model's (`fallback_order`)."""
+        order = [d.model] + ([self.engine.names[j] for j in self.engine.fallback_order(d)]
+                             if self.settings.fallback_across_models else [])
         for k, model in enumerate(order):
-            backend = upstreams.get(model)
             meta: dict[str, Any] = {}
             t_up = time.perf_counter()
             try:
-                if stream:
-                    agen = backend.astream(body, path=CHAT_PATH, meta=meta)
-                    first = await agen.__anext__()
-                else:
-                    data = await backend.aforward(body, path=CHAT_PATH, meta=meta)
+                answer = await self.call_upstream(model, body, stream, meta)
             except Exception as e:  # noqa: BLE001 - the backend scrubs keys from its messages
-                metrics.upstream_errors.labels(model=model).inc()
-                metrics.fallbacks.labels(kind="endpoint").inc(meta.get("fallbacks", 0))
+                self.metrics.upstream_errors.labels(model=model).inc()
+                self.metrics.fallbacks.labels(kind="endpoint").inc(meta.get("fallbacks", 0))
                 log.warning("upstream %s failed: %s: %s", model, type(e).__name__, e)
                 continue
-            metrics.fallbacks.labels(kind="endpoint").inc(meta.get("fallbacks", 0))
+            self.metrics.fallbacks.labels(kind="endpoint").inc(meta.get("fallbacks", 0))
             if k:
-                metrics.fallbacks.labels(kind="model").inc()
+                self.metrics.fallbacks.labels(kind="model").inc()
                 d.reasons.append(f"fallback: {', '.join(order[:k])} failed -> {model}")
-                j = engine.names.index(model)
-                d.model, d.tier = model, int(engine.tiers[j])
+                d.model, d.tier = model, int(self.engine.tiers[self.engine.names.index(model)])
             headers = decision_headers(d)
             if meta.get("endpoint"):
                 headers["x-kronaxis-endpoint"] = str(meta["endpoint"])
-            metrics.requests.labels(endpoint="chat", model=model, tier=str(d.tier)).inc()
-            if not stream:
-                metrics.upstream_latency.labels(model=model).observe(time.perf_counter() - t_up)
-                text = ""
-                try:
-                    text = data["choices"][0]["message"]["content"] or ""
-                except (KeyError, IndexError, TypeError):
-                    pass
-                account(model, data.get("usage") if isinstance(data, dict) else None, conv, len(text))
-                return JSONResponse(data, headers=headers)
-
-            async def passthrough(first: bytes = first, agen: Any = agen, model: str = model) -> AsyncIterator[bytes]:
-                meter = _StreamMeter()
-                try:
-                    meter.feed(first)
-                    yield first
-                    async for chunk in agen:
-                        meter.feed(chunk)
-                        yield chunk
-                finally:
-                    await agen.aclose()
-                    account(model, meter.usage, conv, meter.chars)
-
-            return StreamingResponse(passthrough(), media_type="text/event-stream", headers=headers)
+            self.metrics.requests.labels(endpoint="chat", model=model, tier=str(d.tier)).inc()
+            if stream:
+                first, agen = answer
+                return StreamingResponse(self.relay(first, agen, model, conv), media_type="text/event-stream",
+                                         headers=headers)
+            self.metrics.upstream_latency.labels(model=model).observe(time.perf_counter() - t_up)
+            return self.reply(answer, model, conv, headers)
         # endpoint URLs and upstream error texts stay in the log; the client learns which models were tried
         raise RequestError(502, f"every upstream failed for this request (models tried: {order})",
                            type="upstream_error", code="upstream_failed")
 
-    # -- operations ---------------------------------------------------------------------------------
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "bundle": str(getattr(bundle, "dir", "")), "models": engine.names,
-                "tiers": [int(t) for t in engine.tiers], "premium": engine.premium,
-                "policy": {"name": engine.policy_name, "param": engine.policy_param},
-                "upstreams": upstreams.names, "batching": settings.batching.model_dump(),
-                "stickiness": stickiness is not None and settings.session.enabled}
+    async def call_upstream(self, model: str, body: dict[str, Any], stream: bool, meta: dict[str, Any]) -> Any:
+        """The upstream's JSON answer, or (first SSE chunk, the rest) when streaming: a failure raises here."""
+        backend = self.upstreams.get(model)
+        if not stream:
+            return await backend.aforward(body, path=CHAT_PATH, meta=meta)
+        agen = backend.astream(body, path=CHAT_PATH, meta=meta)
+        return await agen.__anext__(), agen
 
-    @app.get("/metrics")
-    async def prometheus() -> Any:
-        data, ctype = metrics.render()
+    def reply(self, data: Any, model: str, conv: Conversation, headers: dict[str, str]) -> JSONResponse:
+        text = ""
+        try:
+            text = data["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            pass
+        self.account(model, data.get("usage") if isinstance(data, dict) else None, conv, len(text))
+        return JSONResponse(data, headers=headers)
+
+    async def relay(self, first: bytes, agen: Any, model: str, conv: Conversation) -> AsyncIterator[bytes]:
+        """The upstream's SSE stream, unchanged; its usage (or length) is accounted when it ends."""
+        meter = _StreamMeter()
+        try:
+            meter.feed(first)
+            yield first
+            async for chunk in agen:
+                meter.feed(chunk)
+                yield chunk
+        finally:
+            await agen.aclose()
+            self.account(model, meter.usage, conv, meter.chars)
+
+    def account(self, model: str, usage: Mapping[str, Any] | None, conv: Conversation, out_chars: int) -> None:
+        """Cost and savings metrics from the upstream's usage, else estimated from the text lengths."""
+        usage = usage or {}
+        n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(n_in, (int, float)):
+            n_in = estimate_tokens(len(conv.full_text))
+        if not isinstance(n_out, (int, float)):
+            n_out = estimate_tokens(out_chars)
+        cost, premium = self.engine.usage_cost(model, float(n_in), float(n_out))
+        self.metrics.record_cost(model, cost, premium)
+
+    # -- operations --------------------------------------------------------------------------------
+    async def healthz(self) -> dict[str, Any]:
+        e = self.engine
+        return {"status": "ok", "bundle": str(self.bundle.dir), "models": e.names,
+                "tiers": [int(t) for t in e.tiers], "premium": e.premium,
+                "policy": {"name": e.policy_name, "param": e.policy_param},
+                "upstreams": self.upstreams.names, "batching": self.settings.batching.model_dump(),
+                "stickiness": self.stickiness}
+
+    async def prometheus(self) -> Response:
+        data, ctype = self.metrics.render()
         return Response(data, media_type=ctype)
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        ids = list(settings.auto_models) + [n for n in engine.names if n in upstreams]
+    async def models(self) -> dict[str, Any]:
+        ids = list(self.settings.auto_models) + [n for n in self.engine.names if n in self.upstreams]
         return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "kronaxis"}
                                            for i in ids]}
 
+
+def create_app(
+    bundle: RouterBundle,
+    upstreams: Upstreams | Mapping[str, Any] | None = None,
+    settings: ServeSettings | Mapping[str, Any] | None = None,
+    *,
+    governance: GovernancePolicy | None = None,
+    stickiness: Callable[[str], StickinessGuard] | None = None,
+    policies: Mapping[str, Any] | None = None,
+) -> FastAPI:
+    """FastAPI router app over `bundle` (see the module docstring).
+
+    Args:
+        bundle: a loaded bundle (`kronaxis_lab.export.bundle.load_bundle`), or anything with its `RouterBundle` API.
+        upstreams: `Upstreams` (or its kwargs); None/empty = decisions only.
+        settings: `ServeSettings` (or its dict).
+        governance: a `GovernancePolicy`; None = the bundle's router.json governance, else the default detectors
+            (`governance.default_detectors`) with endpoints from the fleet's data_classes.
+        stickiness: operating-point key → `StickinessGuard` (see `components.stickiness_factory`); None = off.
+        policies: policy name → Hydra config, for `kronaxis/<name>:<param>` overrides.
+    """
+    settings = ServeSettings.from_config(settings)
+    if upstreams is None or isinstance(upstreams, Mapping):
+        upstreams = Upstreams(**dict(upstreams or {}))
+    if governance is None:
+        governance = build_governance(None, bundle)
+    svc = RouterService(bundle, upstreams, settings, governance, stickiness, policies)
+    app = FastAPI(title="kronaxis router", lifespan=svc.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = svc
+    app.state.engine, app.state.metrics, app.state.upstreams, app.state.settings = (
+        svc.engine, svc.metrics, upstreams, settings)
+    app.add_exception_handler(RequestError, svc.on_request_error)
+    app.add_exception_handler(StarletteHTTPException, svc.on_http_error)
+    app.add_exception_handler(Exception, svc.on_internal_error)
+    app.add_api_route("/v1/route", svc.route, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", svc.chat_completions, methods=["POST"])
+    app.add_api_route("/healthz", svc.healthz, methods=["GET"])
+    app.add_api_route("/metrics", svc.prometheus, methods=["GET"])
+    app.add_api_route("/v1/models", svc.models, methods=["GET"])
     return app

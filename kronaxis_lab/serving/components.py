@@ -2,7 +2,8 @@
 
 Governance (detectors + model → allowed data classes) comes from the first that is set: the serve config when it
 names endpoints (e.g. `governance=local_cloud`), the bundle's router.json `governance`, or the serve config's
-detectors with endpoints from the fleet's per-model `data_classes`.
+detectors (without a config: `governance.default_detectors()`) with endpoints from the fleet's per-model
+`data_classes`. Nothing here reads the repository's configs/: the pipeline composes them and passes them in.
 
 Stickiness salts are derived as `<salt>|<bundle id>|<operating point>`: every process serving the same bundle
 with the same `KRONAXIS_STICKY_SALT` agrees, and memoised tiers / routing tokens of another bundle or another
@@ -11,75 +12,45 @@ with the same `KRONAXIS_STICKY_SALT` agrees, and memoised tiers / routing tokens
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from kronaxis_lab.serving.governance import GovernancePolicy, default_detectors, endpoints_from_fleet
+from kronaxis_lab.serving.protocols import RouterBundle
 from kronaxis_lab.serving.settings import ServeConfigError
+from kronaxis_lab.serving.stickiness import StickinessGuard
 
 log = logging.getLogger(__name__)
 
 INSECURE_SALTS = {"dev-only-insecure-salt"}
 
 
-def _plain(node: Any) -> Any:
-    if node is None:
-        return None
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(node, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        pass
-    return node
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node (DictConfig or mapping, None = empty) as a plain dict without its `defaults` list."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    out = dict(node or {})
+    out.pop("defaults", None)
+    return out
 
 
-def bundle_id(bundle: Any) -> str:
-    """The bundle's content id (its identity for salts); a hash of router.json when it has none."""
-    bid = getattr(bundle, "bundle_id", None)
-    if bid:
-        return str(bid)
-    meta = getattr(bundle, "meta", None) or {}
-    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fleet_endpoints(fleet: Any) -> dict[str, Any]:
-    """Fleet `data_classes` → governance `endpoints` ("*" anywhere in the list means every class)."""
-    return {m.name: "*" if "*" in list(m.data_classes) else list(m.data_classes) for m in fleet.models}
-
-
-def default_governance_config() -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    from kronaxis_lab.pipelines.common import CONFIG_DIR
-
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "governance" / "default.yaml"), resolve=True)
-    cfg.pop("defaults", None)
-    return cfg
-
-
-def build_governance(cfg: Mapping[str, Any] | None, bundle: Any) -> Any:
+def build_governance(cfg: Mapping[str, Any] | None, bundle: RouterBundle) -> GovernancePolicy:
     """GovernancePolicy for `bundle` (precedence in the module docstring); model names are checked against the fleet."""
-    from hydra.utils import instantiate
-
     names = list(bundle.model_names)
-    node = dict(_plain(cfg) or {})
-    node.pop("defaults", None)
-    policy = None
-    if not node.get("endpoints") and getattr(bundle, "governance", None) is not None:
+    node = _plain(cfg)
+    if not node.get("endpoints") and bundle.governance is not None:
         policy, source = bundle.governance, "bundle router.json"
+    elif node.get("endpoints"):
+        policy, source = instantiate(node, _convert_="all"), "serve config"
+    elif node:
+        node["endpoints"] = endpoints_from_fleet(bundle.fleet)
+        policy, source = instantiate(node, _convert_="all"), "serve config detectors, fleet data_classes"
     else:
-        if not node:
-            node = default_governance_config()
-        if not node.get("endpoints"):
-            node["endpoints"] = fleet_endpoints(bundle.fleet)
-            source = "fleet data_classes"
-        else:
-            source = "serve config"
-        policy = instantiate(node, _convert_="all")
+        policy = GovernancePolicy(default_detectors(), endpoints=endpoints_from_fleet(bundle.fleet))
+        source = "default detectors, fleet data_classes"
     unknown = sorted(set(policy.endpoints) - set(names))
     if unknown:
         raise ServeConfigError(f"governance endpoints ({source}) name models {unknown} that are not in the bundle's "
@@ -89,26 +60,22 @@ def build_governance(cfg: Mapping[str, Any] | None, bundle: Any) -> Any:
     return policy
 
 
-def stickiness_factory(cfg: Mapping[str, Any] | None, bundle: Any) -> Callable[[str], Any] | None:
+def stickiness_factory(cfg: Mapping[str, Any] | None, bundle: RouterBundle) -> Callable[[str], StickinessGuard] | None:
     """Operating-point key → StickinessGuard from `cfg` (else the bundle's router.json `stickiness`); None = off."""
-    from hydra.utils import instantiate
-
-    node = dict(_plain(cfg) or {})
-    if not node and (getattr(bundle, "meta", None) or {}).get("stickiness"):
-        from omegaconf import OmegaConf  # the bundle's node may read the salt from the environment
-
-        node = OmegaConf.to_container(OmegaConf.create(dict(bundle.meta["stickiness"])), resolve=True)
+    node = _plain(cfg)
+    if not node and bundle.meta.get("stickiness"):
+        # resolved here, at run time: the bundle's node may read the salt from the environment
+        node = _plain(OmegaConf.create(dict(bundle.meta["stickiness"])))
     if not node:
         return None
-    node.pop("defaults", None)
     salt = str(node.get("salt") or "")
     if not salt:
         raise ServeConfigError("stickiness.salt is empty: set KRONAXIS_STICKY_SALT (identically in every process)")
     if salt in INSECURE_SALTS:
         log.warning("stickiness: using the development salt; set KRONAXIS_STICKY_SALT in production")
-    bid = bundle_id(bundle)
+    bid = bundle.bundle_id
 
-    def make(key: str) -> Any:
+    def make(key: str) -> StickinessGuard:
         return instantiate({**node, "salt": f"{salt}|{bid}|{key}"})
 
     make("default")  # fail at start-up, not on the first keyed request

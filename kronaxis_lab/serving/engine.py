@@ -1,17 +1,21 @@
 """The routing decision, batch-first: conversation → classifier → policy → stickiness → governance.
 
-For n conversations at once (one chat request, or a batch POST /v1/route):
+For n conversations at once (one chat request, or a batch POST /v1/route), `RoutingEngine.decide` runs:
 
-1. **classify** — the classifier reads the last user turn (what it was trained on), with earlier user turns
-   appended as context (`settings.classify`); texts of concurrent requests share one ONNX call (micro-batching).
-2. **policy** — the bundle's policy at its calibrated parameter (`bundle.decide`), or a per-request override
-   `kronaxis/<policy>:<param>` (policy built from the bundle's or the serve config's policy YAML).
-3. **stickiness** — requests with a session key (header or OpenAI `user`) never go below the tier of their
-   earlier turns (derived from the request itself, so every process agrees) or of a valid routing token:
+1. **classify** (`classify`) — the classifier reads the last user turn (what it was trained on), with earlier user
+   turns appended as context (`settings.classify`); texts of concurrent requests share one ONNX call
+   (micro-batching: the batcher's worker thread runs `classify`, then `choose`, once per micro-batch).
+2. **policy** (`choose`; `propose` awaits both and records the reasons) — the bundle's policy at its calibrated
+   parameter (`bundle.decide`), or a per-request override `kronaxis/<policy>:<param>` (policy built from the
+   bundle's or the serve config's policy YAML). A client-forced model skips 1–2 (`passthrough`); a classifier
+   failure fails open to the premium model or answers 503 (`fail_open`, per `settings.classifier_failure`).
+3. **stickiness** (`stick`) — requests with a session key (header or OpenAI `user`) never go below the tier of
+   their earlier turns (derived from the request itself, so every process agrees) or of a valid routing token:
    tier = max(proposed, floor); a raised tier takes the cheapest model of at least that tier.
-4. **governance** — data classes found anywhere in the conversation (every string it carries) restrict the
-   models that may receive it; a disallowed choice moves to the cheapest allowed model of at least its tier,
-   else the strongest allowed one, else the request is refused. Governance runs last: it can veto anything.
+4. **governance** (`govern` → `GovernancePolicy.guard`) — data classes found anywhere in the conversation (every
+   string it carries) restrict the models that may receive it; a disallowed choice moves to the cheapest allowed
+   model of at least its tier, else the strongest allowed one, else the request is refused. Governance runs
+   last: it can veto anything.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from hydra.utils import instantiate
 
+from kronaxis_lab.routing.policies import Policy
 from kronaxis_lab.serving.batching import InferenceBatcher
+from kronaxis_lab.serving.governance import GovernanceDecision, GovernancePolicy
+from kronaxis_lab.serving.metrics import RouterMetrics
+from kronaxis_lab.serving.protocols import RouterBundle
 from kronaxis_lab.serving.settings import ServeConfigError, ServeSettings
+from kronaxis_lab.serving.stickiness import StickinessGuard
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +164,22 @@ class _NeedTiers(Exception):
         self.prefixes = prefixes
 
 
+@dataclass
+class _Draft:
+    """A batch's decisions in the making: stages 1–2 fill it, stickiness raises `pref`, governance reads it."""
+
+    pref: np.ndarray  # (n,) proposed model index per conversation
+    policy: str
+    param: float | None
+    reasons: list[list[str]]
+    scores: list[dict[str, float]]
+    sticky: bool  # stickiness applies (not to client-forced models, nor without classifier tiers)
+    route_tokens: list[str | None] = field(init=False)  # set by stickiness for keyed rows
+
+    def __post_init__(self) -> None:
+        self.route_tokens = [None] * len(self.pref)
+
+
 # --------------------------------------------------------------------------------------------------
 # Engine
 # --------------------------------------------------------------------------------------------------
@@ -161,8 +187,8 @@ class RoutingEngine:
     """Routing decisions over a loaded bundle.
 
     Args:
-        bundle: `load_bundle(dir)` result (model_names, fleet, premium, meta, predict_proba, decide).
-        governance: a `GovernancePolicy`.
+        bundle: a `RouterBundle` (`load_bundle(dir)`).
+        governance: the `GovernancePolicy` that vetoes models per data class.
         stickiness_factory: variant key → `StickinessGuard` (one guard per policy operating point, so tiers
             memoised under one threshold never leak into another); None disables stickiness.
         settings: `ServeSettings`.
@@ -170,14 +196,15 @@ class RoutingEngine:
         metrics: optional `RouterMetrics`.
     """
 
-    def __init__(self, bundle: Any, governance: Any, stickiness_factory: Callable[[str], Any] | None,
-                 settings: ServeSettings, policies: Mapping[str, Any] | None = None, metrics: Any = None) -> None:
+    def __init__(self, bundle: RouterBundle, governance: GovernancePolicy,
+                 stickiness_factory: Callable[[str], StickinessGuard] | None, settings: ServeSettings,
+                 policies: Mapping[str, Any] | None = None, metrics: RouterMetrics | None = None) -> None:
         self.bundle, self.governance, self.settings, self.metrics = bundle, governance, settings, metrics
         self.names: list[str] = [str(n) for n in bundle.model_names]
         fleet = bundle.fleet
         missing = [n for n in self.names if n not in fleet.names]
         if missing:
-            raise ServeConfigError(f"bundle {getattr(bundle, 'dir', '?')}: models {missing} are not in its fleet")
+            raise ServeConfigError(f"bundle {bundle.dir}: models {missing} are not in its fleet")
         specs = [fleet[n] for n in self.names]
         self.tiers = np.array([s.tier for s in specs], dtype=np.int64)
         self.price_in = np.array([s.price_in for s in specs]) / 1e6  # USD per token
@@ -186,21 +213,18 @@ class RoutingEngine:
         if self.premium not in self.names:
             raise ServeConfigError(f"bundle premium model {self.premium!r} is not one of {self.names}")
         self.premium_idx = self.names.index(self.premium)
-        pol = dict((bundle.meta or {}).get("policy") or {})
-        self.policy_name = str(getattr(bundle, "policy_name", None) or pol.get("name", "bundle"))
-        param = getattr(bundle, "param", pol.get("param"))
-        self.policy_param = None if param is None else float(param)  # router.json may say "inf"
+        self.policy_name = str(bundle.policy_name)
+        self.policy_param = None if bundle.param is None else float(bundle.param)  # router.json may say "inf"
         # per-request policies: the serve config's, and the bundle's own (run by bundle.decide)
-        self.policy_configs = {**dict(policies or {}), self.policy_name: pol.get("config")}
-        self._policies: dict[str, Any] = {}
+        own = dict(bundle.meta.get("policy") or {}).get("config")
+        self.policy_configs = {**dict(policies or {}), self.policy_name: own}
+        self._policies: dict[str, Policy] = {}
         self._stickiness_factory = stickiness_factory
-        self._guards: dict[str, Any] = {}
-        kw = {} if settings.variant is None else {"variant": settings.variant}
+        self._guards: dict[str, StickinessGuard] = {}
         b = settings.batching
         # the worker thread runs classifier + policy per micro-batch (key = the request's operating point)
-        self.batcher = InferenceBatcher(lambda texts: bundle.predict_proba(texts, **kw), self.choose, b.max_batch,
-                                        b.max_wait_ms, b.enabled, workers=b.workers,
-                                        on_batch=metrics.batch_size.observe if metrics else None)
+        self.batcher = InferenceBatcher(self.classify, self.choose, b.max_batch, b.max_wait_ms, b.enabled,
+                                        workers=b.workers, on_batch=metrics.batch_size.observe if metrics else None)
 
     # -- request interpretation --------------------------------------------------------------------
     def parse_model(self, model: Any) -> tuple[PolicySpec | None, int | None]:
@@ -217,27 +241,31 @@ class RoutingEngine:
         if model in self.names:
             return None, self.names.index(model)
         if model.startswith(s.policy_prefix):
-            name, _, param = model[len(s.policy_prefix):].partition(":")
-            if name not in self.policy_configs or name == "":
-                raise RequestError(404, f"unknown routing policy {name!r} in model {model!r}; available: "
-                                   f"{sorted(self.policy_configs)} (or {s.auto_models[0]!r})",
-                                   param="model", code="model_not_found")
-            if not param:
-                if name == self.policy_name and self.policy_param is not None:
-                    return PolicySpec(name, float(self.policy_param)), None
-                raise RequestError(400, f"model {model!r} needs an operating parameter: "
-                                   f"'{s.policy_prefix}{name}:<number>'", param="model")
-            try:
-                value = float(param)
-            except ValueError:
-                raise RequestError(400, f"model {model!r}: parameter {param!r} is not a number",
-                                   param="model") from None
-            if math.isnan(value):
-                raise RequestError(400, f"model {model!r}: parameter is NaN", param="model")
-            return PolicySpec(name, value), None
+            return self._parse_policy(model), None
         raise RequestError(404, f"model {model!r} does not exist: use {s.auto_models[0]!r}, "
                            f"'{s.policy_prefix}<policy>:<param>' or a fleet model {self.names}",
                            param="model", code="model_not_found")
+
+    def _parse_policy(self, model: str) -> PolicySpec:
+        """`kronaxis/<name>:<param>` → PolicySpec (`kronaxis/<bundle policy>` = its calibrated parameter)."""
+        s = self.settings
+        name, _, param = model[len(s.policy_prefix):].partition(":")
+        if name not in self.policy_configs or name == "":
+            raise RequestError(404, f"unknown routing policy {name!r} in model {model!r}; available: "
+                               f"{sorted(self.policy_configs)} (or {s.auto_models[0]!r})",
+                               param="model", code="model_not_found")
+        if not param:
+            if name == self.policy_name and self.policy_param is not None:
+                return PolicySpec(name, float(self.policy_param))
+            raise RequestError(400, f"model {model!r} needs an operating parameter: "
+                               f"'{s.policy_prefix}{name}:<number>'", param="model")
+        try:
+            value = float(param)
+        except ValueError:
+            raise RequestError(400, f"model {model!r}: parameter {param!r} is not a number", param="model") from None
+        if math.isnan(value):
+            raise RequestError(400, f"model {model!r}: parameter is NaN", param="model")
+        return PolicySpec(name, value)
 
     def classify_text(self, turns: Sequence[str]) -> str:
         """Last user turn, then up to `context_turns` earlier ones (most recent first), bounded in length."""
@@ -245,45 +273,83 @@ class RoutingEngine:
         ctx = [t[: c.context_max_chars] for t in reversed(turns[max(0, len(turns) - 1 - c.context_turns):-1])]
         return c.separator.join([turns[-1], *ctx])[: c.max_chars]
 
-    # -- policy ------------------------------------------------------------------------------------
-    def _policy(self, name: str) -> Any:
-        if name not in self._policies:
-            from hydra.utils import instantiate
+    # -- the decision ------------------------------------------------------------------------------
+    async def decide(self, convs: Sequence[Conversation], spec: PolicySpec | None = None, forced: int | None = None,
+                     available: np.ndarray | None = None) -> list[Decision]:
+        """Decisions for a batch, stage by stage (module docstring). `available` (m,) bool: models that can be
+        called (have an upstream); None = all."""
+        draft = self.passthrough(len(convs), forced) if forced is not None else await self.propose(convs, spec)
+        if draft.sticky:
+            await self.stick(convs, spec, draft)
+        return await self.govern(convs, draft, available)
 
-            try:
-                pol = instantiate(self.policy_configs[name])
-                pol = pol.bind(self.bundle.fleet, None)
-            except Exception as e:  # noqa: BLE001 - e.g. a policy that needs per-query task labels
-                raise RequestError(400, f"policy {name!r} cannot be used per request: {type(e).__name__}: {e}",
-                                   param="model") from None
-            self._policies[name] = pol
-        return self._policies[name]
-
-    def expected_cost(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, m) USD known before the call: the bundle's cost model, else
-        ⌈chars/4⌉ input tokens · p_in + `expected_output_tokens` · p_out."""
-        if hasattr(self.bundle, "expected_cost"):
-            return np.asarray(self.bundle.expected_cost(list(texts)), dtype=float)
-        n_in = np.ceil(np.array([len(t) for t in texts], dtype=float) / 4.0)
-        return n_in[:, None] * self.price_in[None, :] + self.settings.expected_output_tokens * self.price_out[None, :]
+    # -- 1 + 2: classify and policy ----------------------------------------------------------------
+    def classify(self, texts: list[str]) -> np.ndarray:
+        """(n, m) P̂ for the texts of one micro-batch (runs in the batcher's worker thread)."""
+        return self.bundle.predict_proba(texts, self.settings.variant)
 
     def choose(self, P: np.ndarray, texts: Sequence[str], spec: PolicySpec | None) -> np.ndarray:
         """Model index per row of P̂ under the bundle's policy (at its parameter, or the override's) or
-        another configured policy."""
+        another configured policy (runs in the batcher's worker thread, once per operating point)."""
         texts = list(texts)
         if spec is None:
             idx = self.bundle.decide(P, texts)
         elif spec.name == self.policy_name:
             idx = self.bundle.decide(P, texts, param=spec.param)
         else:
-            idx = self._policy(spec.name).choose(P, self.expected_cost(texts), [spec.param])[0]
+            idx = self._policy(spec.name).choose(P, self.bundle.expected_cost(texts), [spec.param])[0]
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.shape != (P.shape[0],) or (len(idx) and (idx.min() < 0 or idx.max() >= len(self.names))):
             raise RuntimeError(f"policy returned invalid model indices {idx.tolist()} for {P.shape[0]} queries")
         return idx
 
-    # -- stickiness --------------------------------------------------------------------------------
-    def guard(self, spec: PolicySpec | None) -> Any:
+    def _policy(self, name: str) -> Policy:
+        if name not in self._policies:
+            try:
+                self._policies[name] = instantiate(self.policy_configs[name]).bind(self.bundle.fleet, None)
+            except Exception as e:  # noqa: BLE001 - e.g. a policy that needs per-query task labels
+                raise RequestError(400, f"policy {name!r} cannot be used per request: {type(e).__name__}: {e}",
+                                   param="model") from None
+        return self._policies[name]
+
+    async def propose(self, convs: Sequence[Conversation], spec: PolicySpec | None) -> _Draft:
+        """Stages 1–2 for a batch: the policy's model per conversation, with its P̂ as scores."""
+        n = len(convs)
+        try:
+            P, pref = await self.batcher.predict([self.classify_text(c.user_turns) for c in convs], spec)
+            if P.shape != (n, len(self.names)):
+                raise RuntimeError(f"classifier returned shape {P.shape}, expected {(n, len(self.names))}")
+        except RequestError:
+            raise
+        except Exception as e:  # noqa: BLE001 - fail open (premium) or 503, per settings
+            return self.fail_open(n, e)
+        policy, param = (self.policy_name, self.policy_param) if spec is None else (spec.name, spec.param)
+        shown = param if param is None else f"{float(param):g}"
+        reasons = [[f"policy {policy}({shown}) -> {self.names[pref[i]]} (P={P[i, pref[i]]:.3f})"] for i in range(n)]
+        scores = [{name: round(float(P[i, j]), 4) for j, name in enumerate(self.names)} for i in range(n)]
+        return _Draft(pref.copy(), policy, param, reasons, scores, sticky=True)  # later stages adjust pref
+
+    def passthrough(self, n: int, forced: int) -> _Draft:
+        """A client-named fleet model replaces stages 1–2 (governance still applies)."""
+        return _Draft(np.full(n, forced, dtype=np.int64), "passthrough", None,
+                      [[f"model {self.names[forced]} requested by the client"] for _ in range(n)],
+                      [{} for _ in range(n)], sticky=False)
+
+    def fail_open(self, n: int, error: Exception) -> _Draft:
+        """Classifier (or policy) failure: the premium model for every row, or 503 (`settings.classifier_failure`)."""
+        if self.metrics:
+            self.metrics.classifier_failures.inc()
+        log.error("classifier failed: %s: %s", type(error).__name__, error)
+        if self.settings.classifier_failure == "error":
+            raise RequestError(503, "the routing classifier is unavailable", type="service_unavailable",
+                               code="classifier_unavailable") from None
+        why = f"classifier failed ({type(error).__name__}): fail-open to premium {self.premium}"
+        return _Draft(np.full(n, self.premium_idx, dtype=np.int64), "fail_open", None, [[why] for _ in range(n)],
+                      [{} for _ in range(n)], sticky=False)
+
+    # -- 3: stickiness -----------------------------------------------------------------------------
+    def stickiness_guard(self, spec: PolicySpec | None) -> StickinessGuard | None:
+        """The guard of this operating point (None when stickiness is off)."""
         if self._stickiness_factory is None or not self.settings.session.enabled:
             return None
         key = "default" if spec is None else spec.key
@@ -294,7 +360,33 @@ class RoutingEngine:
             g = self._guards[key] = self._stickiness_factory(key)
         return g
 
-    async def _floor(self, guard: Any, keys: list[str], turns: list[list[str]],
+    async def stick(self, convs: Sequence[Conversation], spec: PolicySpec | None, draft: _Draft) -> None:
+        """Raise keyed rows to tier = max(proposed, floor of earlier turns, token tier); issue routing tokens."""
+        guard = self.stickiness_guard(spec)
+        keyed = [i for i, c in enumerate(convs) if c.session_key] if guard is not None else []
+        if not keyed:
+            return
+        pref = draft.pref
+        keys = [str(convs[i].session_key) for i in keyed]
+        all_turns = self.settings.session.scheme == "all_turns"
+        turns = [convs[i].user_turns if all_turns else convs[i].user_turns[:1] for i in keyed]
+        known = {tuple(convs[i].user_turns): int(self.tiers[pref[i]]) for i in keyed}
+        floor = await self._floor(guard, keys, turns, known, spec)
+        firsts = [convs[i].user_turns[0] for i in keyed]
+        routed = guard.apply(keys, firsts, self.tiers[pref[keyed]], floor,
+                             tokens=[convs[i].route_token for i in keyed])
+        sticky_tier = np.empty(len(keyed), dtype=np.int64)
+        for k, i in enumerate(keyed):
+            if routed[k] > self.tiers[pref[i]]:
+                pref[i] = self._lift(int(pref[i]), int(routed[k]))
+                draft.reasons[i].append(f"sticky: session floor tier {int(routed[k])} -> {self.names[pref[i]]}")
+                if self.metrics:
+                    self.metrics.sticky_escalations.inc()
+            sticky_tier[k] = max(int(routed[k]), int(self.tiers[pref[i]]))
+        for i, token in zip(keyed, guard.issue_tokens(keys, firsts, sticky_tier)):
+            draft.route_tokens[i] = token
+
+    async def _floor(self, guard: StickinessGuard, keys: list[str], turns: list[list[str]],
                      known: dict[tuple[str, ...], int], spec: PolicySpec | None) -> np.ndarray:
         """`guard.floor` whose tier_fn classifies the prefixes it misses (batched, awaited outside the guard)."""
         for _ in range(4):
@@ -322,112 +414,41 @@ class RoutingEngine:
         price = self.price_in + self.price_out
         return int(ok[np.lexsort((self.tiers[ok], price[ok]))[0]])
 
-    # -- the decision ------------------------------------------------------------------------------
-    async def decide(self, convs: Sequence[Conversation], spec: PolicySpec | None = None, forced: int | None = None,
-                     available: np.ndarray | None = None) -> list[Decision]:
-        """Decisions for a batch. `available` (m,) bool: models that can be called (have an upstream)."""
-        n, m = len(convs), len(self.names)
-        texts = [self.classify_text(c.user_turns) for c in convs]
-        reasons: list[list[str]] = [[] for _ in range(n)]
-        scores: list[dict[str, float]] = [{} for _ in range(n)]
-        policy_name = self.policy_name if spec is None else spec.name
-        param = self.policy_param if spec is None else spec.param
-        if forced is not None:
-            pref = np.full(n, forced, dtype=np.int64)
-            policy_name, param = "passthrough", None
-            for r in reasons:
-                r.append(f"model {self.names[forced]} requested by the client")
-        else:
-            try:
-                P, pref = await self.batcher.predict(texts, spec)
-                if P.shape != (n, m):
-                    raise RuntimeError(f"classifier returned shape {P.shape}, expected {(n, m)}")
-                pref = pref.copy()  # stickiness and governance adjust it in place
-            except RequestError:
-                raise
-            except Exception as e:  # noqa: BLE001 - fail open (premium) or 503, per settings
-                if self.metrics:
-                    self.metrics.classifier_failures.inc()
-                log.error("classifier failed: %s: %s", type(e).__name__, e)
-                if self.settings.classifier_failure == "error":
-                    raise RequestError(503, "the routing classifier is unavailable", type="service_unavailable",
-                                       code="classifier_unavailable") from None
-                P, pref, policy_name, param = None, np.full(n, self.premium_idx, dtype=np.int64), "fail_open", None
-                for r in reasons:
-                    r.append(f"classifier failed ({type(e).__name__}): fail-open to premium {self.premium}")
-            if P is not None:
-                for i in range(n):
-                    scores[i] = {name: round(float(P[i, j]), 4) for j, name in enumerate(self.names)}
-                    reasons[i].append(f"policy {policy_name}({param if param is None else f'{float(param):g}'}) "
-                                      f"-> {self.names[pref[i]]} (P={P[i, pref[i]]:.3f})")
-
-        # stickiness: tier = max(proposed, floor of earlier turns, token tier) for keyed requests
-        # (not for client-forced models, nor when the classifier failed: no tiers to compare)
-        guard = self.guard(spec) if forced is None and policy_name != "fail_open" else None
-        sticky_tier = self.tiers[pref].copy()
-        tokens: list[str | None] = [None] * n
-        keyed = [i for i, c in enumerate(convs) if c.session_key] if guard is not None else []
-        if keyed:
-            scheme_all = self.settings.session.scheme == "all_turns"
-            keys = [str(convs[i].session_key) for i in keyed]
-            turns = [convs[i].user_turns if scheme_all else convs[i].user_turns[:1] for i in keyed]
-            known = {tuple(convs[i].user_turns): int(self.tiers[pref[i]]) for i in keyed}
-            floor = await self._floor(guard, keys, turns, known, spec)
-            firsts = [convs[i].user_turns[0] for i in keyed]
-            routed = guard.apply(keys, firsts, self.tiers[pref[keyed]], floor,
-                                 tokens=[convs[i].route_token for i in keyed])
-            for k, i in enumerate(keyed):
-                if routed[k] > self.tiers[pref[i]]:
-                    new = self._lift(int(pref[i]), int(routed[k]))
-                    reasons[i].append(f"sticky: session floor tier {int(routed[k])} -> {self.names[new]}")
-                    if self.metrics:
-                        self.metrics.sticky_escalations.inc()
-                    pref[i] = new
-                sticky_tier[i] = max(int(routed[k]), int(self.tiers[pref[i]]))
-            issued = guard.issue_tokens(keys, firsts, sticky_tier[keyed])
-            for k, i in enumerate(keyed):
-                tokens[i] = issued[k]
-
-        # governance last: it may veto any model
-        full = [c.full_text for c in convs]
+    # -- 4: governance -----------------------------------------------------------------------------
+    async def govern(self, convs: Sequence[Conversation], draft: _Draft,
+                     available: np.ndarray | None) -> list[Decision]:
+        """`GovernancePolicy.guard` over every string of each conversation; the final decisions."""
+        args = ([c.full_text for c in convs], draft.pref, self.names, self.tiers, self.price_in + self.price_out,
+                None if available is None else np.asarray(available, dtype=bool))
         # a large batch is scanned off the event loop, so other requests keep flowing meanwhile
-        counts = await asyncio.to_thread(self.governance.count, full) if n > 16 else self.governance.count(full)
-        found = [set(c) for c in counts]
-        gov = self.governance.filter(np.ones((n, m), dtype=bool), found, self.names)
-        avail = gov if available is None else gov & np.asarray(available, dtype=bool)[None, :]
-        costs = self.price_in + self.price_out
-        fallback = self.governance.decide(pref, avail, self.tiers, costs)
-        out = []
-        for i in range(n):
-            p = int(pref[i])
-            chosen = p if avail[i, p] else fallback[i]
-            classes = sorted(found[i])
-            if classes:
-                reasons[i].append(f"governance: found {classes}")
-            if chosen != p:
-                why = (f"governance: {self.names[p]} may not receive {sorted(found[i])}" if not gov[i, p]
-                       else f"no upstream configured for {self.names[p]}")
-                if chosen is None:
-                    reasons[i].append(f"{why}; no allowed model available: refused")
-                else:
-                    reasons[i].append(f"{why} -> {self.names[chosen]}")
-                if self.metrics and not gov[i, p]:
-                    action = "refused" if chosen is None else "rerouted"
-                    for c in classes or ["unknown"]:
-                        self.metrics.governance_blocks.labels(action=action, data_class=c).inc()
-            if classes and chosen != p:
-                log.info("governance: %s", {"classes": dict(sorted(counts[i].items())), "preferred": self.names[p],
-                                            "chosen": None if chosen is None else self.names[chosen]})
-            out.append(Decision(
-                model=None if chosen is None else self.names[chosen],
-                tier=None if chosen is None else int(self.tiers[chosen]),
-                scores=scores[i], reasons=reasons[i], policy=policy_name,
-                param=None if param is None else float(param), data_classes=classes, refused=chosen is None,
-                route_token=tokens[i], allowed=avail[i].copy()))
-            if self.metrics and chosen is not None:
-                self.metrics.decisions.labels(model=self.names[chosen], tier=str(int(self.tiers[chosen]))).inc()
-        return out
+        g = await asyncio.to_thread(self.governance.guard, *args) if len(convs) > 16 else self.governance.guard(*args)
+        return [self._decision(i, draft, g) for i in range(len(convs))]
 
+    def _decision(self, i: int, draft: _Draft, g: GovernanceDecision) -> Decision:
+        p, chosen, classes = int(draft.pref[i]), g.chosen[i], sorted(g.found[i])
+        reasons = draft.reasons[i]
+        if classes:
+            reasons.append(f"governance: found {classes}")
+        if chosen != p:
+            blocked = not g.allowed[i, p]  # else: p has no upstream
+            why = (f"governance: {self.names[p]} may not receive {classes}" if blocked
+                   else f"no upstream configured for {self.names[p]}")
+            reasons.append(f"{why}; no allowed model available: refused" if chosen is None
+                           else f"{why} -> {self.names[chosen]}")
+            if self.metrics and blocked:
+                action = "refused" if chosen is None else "rerouted"
+                for c in classes or ["unknown"]:
+                    self.metrics.governance_blocks.labels(action=action, data_class=c).inc()
+        if self.metrics and chosen is not None:
+            self.metrics.decisions.labels(model=self.names[chosen], tier=str(int(self.tiers[chosen]))).inc()
+        return Decision(model=None if chosen is None else self.names[chosen],
+                        tier=None if chosen is None else int(self.tiers[chosen]),
+                        scores=draft.scores[i], reasons=reasons, policy=draft.policy,
+                        param=None if draft.param is None else float(draft.param), data_classes=classes,
+                        refused=chosen is None, route_token=draft.route_tokens[i],
+                        allowed=g.mask[i].copy())
+
+    # -- after the decision ------------------------------------------------------------------------
     def fallback_order(self, decision: Decision) -> list[int]:
         """Other allowed models for a failed upstream: same-or-higher tiers cheapest first, then lower tiers
         strongest first."""

@@ -7,7 +7,8 @@ endpoints allowed to receive that *data class*. The guard runs after the routing
     found = policy.detect(texts)                               # list[set[str]], e.g. [{"email"}, set()]
     mask = policy.filter(candidates_mask, found, model_names)  # (n, m) bool: models allowed per query
     chosen = policy.decide(preferred, mask, tiers, costs)      # list[int | None]; None = refuse (4xx)
-    # or all three at once, with audit records that never contain the sensitive values:
+    # or all three at once (an allowed preferred model is kept), with audit records that never contain
+    # the sensitive values; this is what the router calls:
     result = policy.guard(texts, preferred, model_names, tiers, costs)
 
 Detectors are pluggable: one `Detector` subclass per data class, listed in the YAML with `_target_`. Each
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from kronaxis_lab.data.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -497,12 +500,17 @@ def _merge(findings_per_detector: list[list[tuple[int, int]]], names: list[str])
 
 @dataclass
 class GovernanceDecision:
-    """Result of `GovernancePolicy.guard` for a batch. `chosen[i] is None` means refuse query i."""
+    """Result of `GovernancePolicy.guard` for a batch. `chosen[i] is None` means refuse query i.
+
+    `allowed` (n, m): models governance lets receive each query; `mask` = `allowed` ∧ the candidates
+    (e.g. models with an upstream): the models `chosen` was picked from.
+    """
 
     chosen: list[int | None]
     found: list[set[str]]
     counts: list[dict[str, int]]
     mask: np.ndarray
+    allowed: np.ndarray
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -547,11 +555,6 @@ class GovernancePolicy:
                 f"governance: {where} lists unknown data classes {sorted(unknown)}; known: {self.classes}"
             )
         return allowed
-
-    @staticmethod
-    def endpoints_from_fleet(models: Mapping[str, Mapping[str, Any]], key: str = "data_classes") -> dict:
-        """`{model: {..., data_classes: [...]}}` (a fleet config's `models`) → `endpoints` mapping."""
-        return {name: (spec.get(key, []) if spec is not None else []) for name, spec in models.items()}
 
     # -- detection ---------------------------------------------------------------------------------
     def scan(self, texts: Sequence[str]) -> list[list[Finding]]:
@@ -657,21 +660,41 @@ class GovernancePolicy:
         costs: np.ndarray | Sequence[float] | None = None,
         candidates_mask: np.ndarray | None = None,
     ) -> GovernanceDecision:
-        """detect → filter → decide for a batch, with audit records (classes and counts only) logged."""
+        """detect → filter → keep or move, for a batch; audit records (classes and counts only) are logged.
+
+        A preferred model that may receive the query (and is a candidate) is kept; otherwise `decide` picks
+        the replacement, or None (refuse). `candidates_mask` (n, m) or (m,): models that can be called at all.
+        """
         texts = _as_texts(texts)
+        n, m = len(texts), len(model_names)
         counts = self.count(texts)
         found = [set(c) for c in counts]
-        cand = np.ones((len(texts), len(model_names)), dtype=bool) if candidates_mask is None else candidates_mask
-        mask = self.filter(cand, found, model_names)
-        chosen = self.decide(preferred, mask, tiers, costs)
-        records = audit_records(counts, chosen, preferred, model_names)
+        allowed = self.filter(np.ones((n, m), dtype=bool), found, model_names)
+        cand = np.ones((n, m), dtype=bool) if candidates_mask is None else np.asarray(candidates_mask, dtype=bool)
+        mask = allowed & np.broadcast_to(cand, (n, m))
+        pref = np.asarray(preferred, dtype=np.int64).reshape(-1)
+        moved = self.decide(pref, mask, tiers, costs)
+        chosen = [int(p) if mask[i, p] else moved[i] for i, p in enumerate(pref)]
+        records = audit_records(counts, chosen, pref, model_names)
         for r in records:
             if r["classes"] or r["refused"]:
                 log.info("governance: %s", r)
-        return GovernanceDecision(chosen=chosen, found=found, counts=counts, mask=mask, records=records)
+        return GovernanceDecision(chosen=chosen, found=found, counts=counts, mask=mask, allowed=allowed,
+                                  records=records)
 
     def __repr__(self) -> str:
         return f"GovernancePolicy(detectors={self.classes}, endpoints={sorted(self.endpoints)})"
+
+
+def default_detectors() -> list[Detector]:
+    """The detectors of configs/governance/default.yaml, in its priority order (most specific first), with the
+    classes' default settings: the policy a router gets when it is given no governance config."""
+    return [SecretDetector(), IbanDetector(), CreditCardDetector(), SsnDetector(), EmailDetector(), PhoneDetector()]
+
+
+def endpoints_from_fleet(fleet: Fleet) -> dict[str, list[str] | str]:
+    """Fleet per-model `data_classes` → `GovernancePolicy` `endpoints` ("*" anywhere in a list = every class)."""
+    return {m.name: ALL if ALL in m.data_classes else list(m.data_classes) for m in fleet.models}
 
 
 def audit_records(

@@ -1,7 +1,10 @@
-"""Router settings (the `settings:` block of configs/serve.yaml), validated with clear errors.
+"""Router settings, validated with clear errors: the one source of their defaults.
 
-Defaults are sized for one router process on a small CPU box; every value is overridable from the command
-line, e.g. `kronaxis-serve bundle=<dir> settings.batching.max_batch=128`.
+`kronaxis-serve` composes these models' defaults as its `settings:` and `bundle_options:` nodes
+(configs/serve.yaml lists no value of its own for them), so every value is overridable from the command line,
+e.g. `kronaxis-serve bundle=<dir> settings.batching.max_batch=128 bundle_options.batch_size=32`.
+Defaults are sized for one router process on a small (2-core) CPU box; the measurements behind them are in
+benchmarks/route_throughput.md.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ class BatchingSettings(_Strict):
     """Micro-batching of classifier inference across concurrent requests."""
 
     enabled: bool = True
-    max_batch: int = Field(32, ge=1)  # texts per classifier call (see configs/serve.yaml for the measured why)
+    max_batch: int = Field(32, ge=1)  # texts per classifier call
     max_wait_ms: float = Field(2.0, ge=0)  # how long the first text of a batch waits for company
-    workers: int = Field(1, ge=1)  # batches in flight at once; = cores with single-threaded ONNX sessions
+    workers: int = Field(2, ge=1)  # batches in flight at once: one per core (ONNX sessions run single-threaded)
 
 
 class LimitSettings(_Strict):
@@ -56,12 +59,30 @@ class ClassifyTextSettings(_Strict):
     separator: str = "\n\n"
 
 
+class BundleOptions(_Strict):
+    """How the router loads its bundle (`kronaxis_lab.export.bundle.load_bundle` arguments, tuned for serving)."""
+
+    verify_hashes: bool = True  # refuse a bundle whose files changed after export
+    intra_op_threads: int | None = Field(1, ge=1)  # onnxruntime threads per call: 1, and one batching worker
+    # per core (multi-threaded runs of small batches spin and waste ~2x CPU); null = onnxruntime's default
+    batch_size: int = Field(16, ge=1)  # a micro-batch is length-sorted into ONNX runs of this many texts
+    # (little padding: padding to the longest text costs more than it saves)
+    inter_op_threads: int | None = Field(None, ge=1)  # null = onnxruntime's default
+    providers: list[str] | None = None  # onnxruntime execution providers; null = CPU
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> "BundleOptions":
+        try:
+            return cls(**dict(cfg or {}))
+        except ValidationError as e:
+            raise ServeConfigError(f"bundle_options: {e}") from e
+
+
 class ServeSettings(_Strict):
     auto_models: list[str] = Field(default_factory=lambda: ["kronaxis/auto"])  # model names that mean "route"
     policy_prefix: str = "kronaxis/"  # "kronaxis/<policy>:<param>" overrides the operating point
     default_model: str | None = "kronaxis/auto"  # used when a request names no model (null: 400)
     variant: str | None = None  # bundle ONNX variant (null = the bundle's default, e.g. int8)
-    expected_output_tokens: float = Field(256.0, ge=0)  # for the policy's expected cost when the bundle has none
     classifier_failure: Literal["premium", "error"] = "premium"  # fail open to the premium model, or 503
     fallback_across_models: bool = True  # when a model's whole endpoint chain fails, try the next allowed model
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
