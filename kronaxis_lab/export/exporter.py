@@ -58,6 +58,7 @@ from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operati
 from kronaxis_lab.routing.policies import Policy
 from kronaxis_lab.routing.replay import replay
 from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext
+from kronaxis_lab.serving.governance import endpoints_from_fleet
 
 log = logging.getLogger("kronaxis_lab.export")
 
@@ -173,7 +174,7 @@ def governance_node(node: Mapping[str, Any] | None, fleet) -> dict[str, Any] | N
     node = {k: v for k, v in dict(node).items() if k != "defaults"}
     endpoints = dict(node.get("endpoints") or {})
     if not endpoints:
-        endpoints = {m.name: "*" if "*" in m.data_classes else list(m.data_classes) for m in fleet.models}
+        endpoints = endpoints_from_fleet(fleet)
     unknown = sorted(set(endpoints) - set(fleet.names))
     if unknown:
         raise ExportError(f"governance.endpoints names {unknown}, which are not models of the fleet {fleet.names} "
