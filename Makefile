@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads starve the other processes on 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-vllm data demo demo-live test test-fast bench clean
+.PHONY: help setup setup-vllm data demo demo-live lint test test-fast bench clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,7 +42,10 @@ demo: data  ## train the tier predictor (CPU-sized) + baselines on LLMRouter and
 demo-live: data  ## label ~120 GSM8K/MMLU/HumanEval questions with the two local CPU models, then train + replay
 	bash scripts/demo_live.sh
 
-test:  ## run the whole test suite (slow tests included)
+lint:  ## ruff: lint + import order (rules in pyproject.toml [tool.ruff])
+	$(BIN)/ruff check .
+
+test: lint  ## lint, then the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast:  ## skip tests marked slow

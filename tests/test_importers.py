@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hydra.utils import instantiate
 
 from kronaxis_lab.data.importers.llmrouter import LLMRouterImporter
 from kronaxis_lab.data.importers.routellm import CombinedImporter, RouteLLMGSM8K, RouteLLMMMLU, RouteLLMMTBench
@@ -13,6 +14,7 @@ from kronaxis_lab.data.importers.routerbench import RouterBenchImporter
 from kronaxis_lab.data.splits import question_key
 from kronaxis_lab.data.store import DataStore
 from kronaxis_lab.data.tables import TableError
+from kronaxis_lab.pipelines.common import make_store
 from tests.conftest import FIXTURES, compose
 
 FLEET2 = {"models": {"weak": {"tier": 0, "price_in": 1.0, "price_out": 2.0},
@@ -33,28 +35,37 @@ def store_at(root):
 def write_routellm(root):
     d = root / "routellm/routellm/evals"
     (d / "mmlu/responses").mkdir(parents=True)
-    pd.DataFrame({"prompt": ["What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:", "Capital of France?\nA. Paris\nB. Rome\nC. Oslo\nD. Bern\nAnswer:"],
-                  "weak": [True, False], "strong": [True, True]}).to_csv(d / "mmlu/responses/mmlu_misc.csv", index=False)
+    prompts = ["What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:",
+               "Capital of France?\nA. Paris\nB. Rome\nC. Oslo\nD. Bern\nAnswer:"]
+    pd.DataFrame({"prompt": prompts, "weak": [True, False], "strong": [True, True]}).to_csv(
+        d / "mmlu/responses/mmlu_misc.csv", index=False)
     (root / "mmlu").mkdir()
     with gzip.open(root / "mmlu/mmlu_test.jsonl.gz", "wt") as f:
-        f.write(json.dumps({"question": "question", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d", "correct_answer": "answer", "topic": "t"}) + "\n")
-        f.write(json.dumps({"question": "What is 2+2?", "answer_a": "3", "answer_b": "4", "answer_c": "5", "answer_d": "6", "correct_answer": "B", "topic": "misc"}) + "\n")
-        f.write(json.dumps({"question": "Capital of France?", "answer_a": "Paris", "answer_b": "Rome", "answer_c": "Oslo", "answer_d": "Bern", "correct_answer": "A", "topic": "misc"}) + "\n")
+        for q, choices, answer, topic in [("question", "abcd", "answer", "t"), ("What is 2+2?", "3456", "B", "misc"),
+                                          ("Capital of France?", ["Paris", "Rome", "Oslo", "Bern"], "A", "misc")]:
+            row = {"question": q, **{f"answer_{c}": a for c, a in zip("abcd", choices)}}
+            f.write(json.dumps({**row, "correct_answer": answer, "topic": topic}) + "\n")
     (d / "gsm8k").mkdir()
     pd.DataFrame({"prompt": ["Tom has 2 apples and gets 3. How many?"], "weak": ["False"], "strong": ["True"],
                   "weak_response": ["He has 6 apples"], "strong_response": ["2 + 3 = 5. The answer is 5"]}
                  ).to_csv(d / "gsm8k/gsm8k_responses.csv", index=False)
     (root / "gsm8k").mkdir()
-    (root / "gsm8k/test.jsonl").write_text(json.dumps({"question": "Tom has 2 apples and gets 3. How many?", "answer": "2+3=5\n#### 5"}) + "\n")
-    (d / "gsm8k/contaminated_prompts.jsonl").write_text(json.dumps({"eval_prompt": "Tom has 2 apples and gets 3. How many?", "train_prompt": "x"}) + "\n")
+    tom = "Tom has 2 apples and gets 3. How many?"
+    (root / "gsm8k/test.jsonl").write_text(json.dumps({"question": tom, "answer": "2+3=5\n#### 5"}) + "\n")
+    (d / "gsm8k/contaminated_prompts.jsonl").write_text(json.dumps({"eval_prompt": tom, "train_prompt": "x"}) + "\n")
     (d / "mt_bench").mkdir()
-    (d / "mt_bench/question.jsonl").write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["Write a haiku.", "Now in French."]}) + "\n")
+    (d / "mt_bench/question.jsonl").write_text(
+        json.dumps({"question_id": 81, "category": "writing", "turns": ["Write a haiku.", "Now in French."]}) + "\n")
     j = []
     for model, s1, s2 in (("weak", 6, 9), ("strong", 9, 10)):
         j.append({"question_id": 81, "model": model, "score": s1, "turn": 1, "judge": ["gpt-4", "single-v1"],
-                  "user_prompt": f"[Question]\nWrite a haiku.\n\n[The Start of Assistant's Answer]\nhaiku by {model}\n[The End of Assistant's Answer]"})
+                  "user_prompt": f"[Question]\nWrite a haiku.\n\n[The Start of Assistant's Answer]\nhaiku by {model}\n"
+                                 "[The End of Assistant's Answer]"})
         j.append({"question_id": 81, "model": model, "score": s2, "turn": 2, "judge": ["gpt-4", "single-v1-multi-turn"],
-                  "user_prompt": f"<|The Start of Assistant A's Conversation with User|>\n\n### User:\nWrite a haiku.\n\n### Assistant A:\nhaiku by {model}\n\n### User:\nNow in French.\n\n### Assistant A:\nfrench haiku by {model} here\n\n<|The End of Assistant A's Conversation with User|>"})
+                  "user_prompt": "<|The Start of Assistant A's Conversation with User|>\n\n### User:\nWrite a haiku."
+                                 f"\n\n### Assistant A:\nhaiku by {model}\n\n### User:\nNow in French.\n\n"
+                                 f"### Assistant A:\nfrench haiku by {model} here\n\n"
+                                 "<|The End of Assistant A's Conversation with User|>"})
     (d / "mt_bench/judgements.jsonl").write_text("\n".join(json.dumps(x) for x in j) + "\n")
 
 
@@ -85,7 +96,8 @@ def test_routellm_fixture_mmlu_gsm8k_mtbench(tmp_path):
     assert om.loc[("mtbench-81-t1", "weak"), "score"] == pytest.approx(0.6)
     assert om.loc[("mtbench-81-t1", "weak"), "correct"] == False  # noqa: E712  (6/10 < 0.8)
     assert om.loc[("mtbench-81-t2", "strong"), "response"] == "french haiku by strong here"
-    assert json.loads(mt.queries.set_index("query_id").loc["mtbench-81-t2", "messages"])[1]["content"] == "Now in French."
+    messages = json.loads(mt.queries.set_index("query_id").loc["mtbench-81-t2", "messages"])
+    assert messages[1]["content"] == "Now in French."
 
     both = CombinedImporter(parts=[RouteLLMMMLU(**kw), RouteLLMGSM8K(**kw)], fleet=FLEET2,
                             token_counter=WordCounter(), name="combo").load(store)
@@ -125,17 +137,21 @@ def test_routerbench_dir_with_train_test_pairs():
     imp = RouterBenchImporter(path=str(FIXTURES / "routerbench"), token_counter=WordCounter())
     ds = imp.load(store_at(FIXTURES / "nowhere"))
     # fleet derived from recorded $: tiers by mean cost per call
-    assert ds.fleet.names == ["mistral-7b-chat", "WizardLM/WizardLM-13B-V1.2", "claude-instant-v1", "gpt-4-1106-preview"]
+    assert ds.fleet.names == ["mistral-7b-chat", "WizardLM/WizardLM-13B-V1.2", "claude-instant-v1",
+                              "gpt-4-1106-preview"]
     assert ds.fleet.premium == "gpt-4-1106-preview"
     # the train row with an empty model cell is dropped whole
-    assert ds.info["missing_cells"] == 1 and "rb-mmlu-astronomy_train-mmlu-astronomy.train.3" not in set(ds.queries["query_id"])
+    assert ds.info["missing_cells"] == 1
+    assert "rb-mmlu-astronomy_train-mmlu-astronomy.train.3" not in set(ds.queries["query_id"])
     assert ds.queries.groupby("split").size().to_dict() == {"test": 4, "train": 7}
     q = ds.queries.set_index("query_id")
     row = q.loc["rb-gsm8k_test-gsm8k.test.0"]
-    assert row["text"].startswith("If 4 pens cost $6") and json.loads(row["messages"])[1]["content"] == "Please answer briefly."
+    assert row["text"].startswith("If 4 pens cost $6")
+    assert json.loads(row["messages"])[1]["content"] == "Please answer briefly."
     o = ds.outcomes.set_index(["query_id", "model"])
     assert o.loc[("rb-gsm8k_test-gsm8k.test.1", "claude-instant-v1"), "cost_usd"] == pytest.approx(0.00044)
-    assert o.loc[("rb-gsm8k_test-gsm8k.test.1", "claude-instant-v1"), "output_tokens"] == 5  # "answer of claude-instant-v1 to q1"
+    # "answer of claude-instant-v1 to q1"
+    assert o.loc[("rb-gsm8k_test-gsm8k.test.1", "claude-instant-v1"), "output_tokens"] == 5
 
 
 def test_routerbench_single_pickle_gets_seeded_split_and_error_rows(tmp_path):
@@ -146,7 +162,8 @@ def test_routerbench_single_pickle_gets_seeded_split_and_error_rows(tmp_path):
     ds = imp.load(store_at(tmp_path))
     assert set(ds.queries["split"]) <= {"train", "test"} and len(ds.queries) == 12
     assert ds.outcomes["error"].notna().sum() == 1
-    again = RouterBenchImporter(path=str(tmp_path / "routerbench_0shot.pkl"), missing="error_row", token_counter=WordCounter(),
+    again = RouterBenchImporter(path=str(tmp_path / "routerbench_0shot.pkl"), missing="error_row",
+                                token_counter=WordCounter(),
                                 split={"fractions": {"train": 0.5, "test": 0.5}, "seed": 3}).load(store_at(tmp_path))
     assert again.queries["split"].tolist() == ds.queries["split"].tolist()
 
@@ -187,11 +204,8 @@ def test_question_key_dedups_across_formats():
 @pytest.mark.parametrize("name,n_min,models", [
     ("routellm_mmlu_gsm8k", 15000, 2), ("llmrouter", 5500, 9), ("routellm_mtbench", 150, 2)])
 def test_real_datasets_import(shared_data, tmp_path, name, n_min, models):
-    from hydra.utils import instantiate
-
-    from kronaxis_lab.pipelines.common import make_store
-
-    cfg = compose("replay", [f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}", f"paths.data_mirror={shared_data}"], tmp_path)
+    cfg = compose("replay", [f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}",
+                             f"paths.data_mirror={shared_data}"], tmp_path)
     ds = instantiate(cfg.dataset).load(make_store(cfg))
     assert len(ds.queries) >= n_min and len(ds.fleet.names) == models
     assert ds.outcomes["cost_usd"].gt(0).all() and ds.outcomes["input_tokens"].gt(0).all()

@@ -13,7 +13,7 @@ from kronaxis_lab.data.store import DataStore
 from kronaxis_lab.data.tables import QUERY_COLUMNS
 from kronaxis_lab.grading.code_exec import CodeExecutionGrader, parse_code_gold
 from kronaxis_lab.labeling.prompts import PromptBook, PromptError
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, compose
 
 
 def store_for(tmp_path):
@@ -72,7 +72,8 @@ def test_bad_files_give_clear_errors(tmp_path):
     write_jsonl(tmp_path / "mmlu/mmlu_test.jsonl.gz", [
         {"question": "2+2?", "answer_a": "3", "answer_b": "4", "answer_c": "5", "answer_d": "6", "correct_answer": "E",
          "topic": "math"}], gz=True)
-    with pytest.raises(QuestionSetError, match=r"correct_answer is not one of \['A', 'B', 'C', 'D'\] at line\(s\) \[1\]"):
+    with pytest.raises(QuestionSetError,
+                       match=r"correct_answer is not one of \['A', 'B', 'C', 'D'\] at line\(s\) \[1\]"):
         MMLU().load(store_for(tmp_path))
 
 
@@ -114,12 +115,13 @@ def test_real_question_sets(shared_data):
     assert len(gsm) == 1319 and gsm["gold"].str.contains("####").all()
 
 
-def test_dataset_yamls_and_live_mix(shared_data):
+def test_question_set_yamls_and_live_mix(shared_data, tmp_path):
+    """configs/questions/* as kronaxis-label composes them (`dataset=<name>`, through the alias in configs/dataset/)."""
     store = DataStore(data_dir=shared_data)
     for name, n in [("gsm8k", 1319), ("humaneval", 164), ("mtbench_questions", 80)]:
-        qs = instantiate(OmegaConf.load(CONFIGS / f"dataset/{name}.yaml"))
+        qs = instantiate(compose("label", [f"dataset={name}"], tmp_path).dataset)
         assert len(qs.load(store)) == n
-    mix = instantiate(OmegaConf.load(CONFIGS / "dataset/live_mix.yaml"))
+    mix = instantiate(compose("label", ["dataset=live_mix"], tmp_path).dataset)
     assert isinstance(mix, QuestionMix)
     q = mix.load(store)
     assert q["task"].value_counts().to_dict() == {"gsm8k": 50, "mmlu": 50, "humaneval": 20}

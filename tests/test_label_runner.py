@@ -67,7 +67,8 @@ class FakeBackend(Backend):
                 n = int(text.split("What is ")[1].split(" +")[0])
                 answer = f"The answer is {2 * n if self.smart else 0}"
             out.append(GenResult(text=answer, input_tokens=len(text.split()), output_tokens=len(answer.split()),
-                                 latency_s=0.01, meta={"finish_reason": "stop", "retries": 1 if r.request_id == "m1" else 0}))
+                                 latency_s=0.01,
+                                 meta={"finish_reason": "stop", "retries": 1 if r.request_id == "m1" else 0}))
         return out
 
     def close(self):

@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kronaxis_lab.classifiers.base import ClassifierLoadError
 from kronaxis_lab.data.fleet import Fleet
+from kronaxis_lab.data.importers.base import Importer
 from kronaxis_lab.data.tables import Matrices
+from kronaxis_lab.pipelines.compare import parse_spec, pick_policy_on_val
+from kronaxis_lab.pipelines.compare import run as compare_run
+from kronaxis_lab.pipelines.replay import run as replay_run
+from kronaxis_lab.pipelines.train import run as train_run
 from kronaxis_lab.routing import labels
 from kronaxis_lab.routing.calibration import calibrate_router
 from kronaxis_lab.routing.policies import LatencySLO, StrongWinThreshold, TaskCostCeiling, Threshold, WillingnessToPay
@@ -29,7 +35,8 @@ def test_labels_by_hand():
 
 
 def test_latency_slo_and_task_ceiling():
-    fleet = Fleet.from_config({"models": {"a": {"tier": 0, "latency_p95_s": 0.5}, "b": {"tier": 1, "latency_p95_s": 9.0},
+    fleet = Fleet.from_config({"models": {"a": {"tier": 0, "latency_p95_s": 0.5},
+                                          "b": {"tier": 1, "latency_p95_s": 9.0},
                                           "c": {"tier": 2}}})
     q = pd.DataFrame({"task": ["math", "chat"]})
     P = np.array([[0.2, 0.9, 0.6], [0.9, 0.95, 0.97]])
@@ -37,7 +44,8 @@ def test_latency_slo_and_task_ceiling():
     slo = LatencySLO(Threshold(), slo_s=1.0).bind(fleet, q)
     # b is too slow; τ=0.5 → q0: a (0.2) fails, c (0.6) ok → c; q1: a
     np.testing.assert_array_equal(slo.choose(P, cost, [0.5]), [[2, 0]])
-    np.testing.assert_array_equal(LatencySLO(WillingnessToPay(), 1.0).bind(fleet, q).choose(P, cost, [np.inf]), [[2, 2]])
+    wtp_slo = LatencySLO(WillingnessToPay(), 1.0).bind(fleet, q)
+    np.testing.assert_array_equal(wtp_slo.choose(P, cost, [np.inf]), [[2, 2]])
     tc = TaskCostCeiling(min_score={"math": 0.8, "default": 0.5}, max_cost={"math": 2.5}).bind(fleet, q)
     # math: b (0.9 ≥ 0.8, $2 ≤ 2.5); chat: a (0.9 ≥ 0.5)
     np.testing.assert_array_equal(tc.choose(P, cost, [0.0]), [[1, 0]])
@@ -56,7 +64,8 @@ class Known(Predictor):
 def _mats(ids, rng):
     n = len(ids)
     scores = (rng.random((n, 2)) < [0.6, 0.8]).astype(float)
-    return Matrices(queries=pd.DataFrame({"query_id": ids.astype(str), "task": "t", "text": "x"}), model_names=["w", "s"],
+    return Matrices(queries=pd.DataFrame({"query_id": ids.astype(str), "task": "t", "text": "x"}),
+                    model_names=["w", "s"],
                     scores=scores, correct=scores.astype(bool), costs=np.tile([1.0, 10.0], (n, 1)),
                     input_tokens=np.ones((n, 2)), output_tokens=np.ones((n, 2)))
 
@@ -96,16 +105,16 @@ def learnable_dataset(n=400, seed=0):
         text = f"{rng.choice(hard_words if hard else easy_words)} {rng.choice(things)} number {i}"
         rows.append({"query_id": f"q{i}", "text": text, "task": "hard" if hard else "easy"})
         weak_ok = (not hard) and rng.random() < 0.95 or hard and rng.random() < 0.1
-        outs += [{"query_id": f"q{i}", "model": "weak", "score": float(weak_ok), "input_tokens": 10, "output_tokens": 10},
-                 {"query_id": f"q{i}", "model": "strong", "score": float(rng.random() < 0.95), "input_tokens": 10, "output_tokens": 10}]
-    fleet = {"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1}, "strong": {"tier": 1, "price_in": 20, "price_out": 20}}}
+        tokens = {"input_tokens": 10, "output_tokens": 10}
+        outs += [{"query_id": f"q{i}", "model": "weak", "score": float(weak_ok), **tokens},
+                 {"query_id": f"q{i}", "model": "strong", "score": float(rng.random() < 0.95), **tokens}]
+    fleet = {"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1},
+                        "strong": {"tier": 1, "price_in": 20, "price_out": 20}}}
     return pd.DataFrame(rows), pd.DataFrame(outs), fleet
 
 
 def save_learnable(path, n=400, name="learnable"):
     """learnable_dataset(n) imported and saved as a `dataset=saved` directory at `path`."""
-    from kronaxis_lab.data.importers.base import Importer
-
     q, o, fleet = learnable_dataset(n)
 
     class Raw(Importer):
@@ -116,9 +125,6 @@ def save_learnable(path, n=400, name="learnable"):
 
 
 def test_train_then_replay_pipeline(tmp_path):
-    from kronaxis_lab.pipelines.replay import run as replay_run
-    from kronaxis_lab.pipelines.train import run as train_run
-
     save_learnable(tmp_path / "ds")
     over = ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"]
     tr = train_run(compose("train", over, tmp_path / "train"))
@@ -142,11 +148,9 @@ def test_train_then_replay_pipeline(tmp_path):
 
 
 def test_replay_refuses_leaky_split(tmp_path):
-    from kronaxis_lab.pipelines.replay import run as replay_run
-    from kronaxis_lab.pipelines.train import run as train_run
-
     save_learnable(tmp_path / "ds", 120, name="x")
-    tr = train_run(compose("train", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"], tmp_path / "t"))
+    tr = train_run(compose("train", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"],
+                           tmp_path / "t"))
     cfg = compose("replay", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "dataset.split.seed=7",
                              f"classifier_dir={tr['classifier_dir']}"], tmp_path / "r")
     with pytest.raises(ValueError, match="training queries may be in this test split"):
@@ -154,9 +158,6 @@ def test_replay_refuses_leaky_split(tmp_path):
 
 
 def test_bad_classifier_dir_is_clear(tmp_path):
-    from kronaxis_lab.classifiers.base import ClassifierLoadError
-    from kronaxis_lab.pipelines.replay import run as replay_run
-
     (tmp_path / "empty").mkdir()
     cfg = compose("replay", ["dataset=routerbench", "dataset.path=tests/fixtures/routerbench",
                              f"classifier_dir={tmp_path / 'empty'}"], tmp_path / "r")
@@ -166,20 +167,23 @@ def test_bad_classifier_dir_is_clear(tmp_path):
 
 def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
     """kronaxis-compare: two classifiers trained, each shown under its val-chosen policy next to the references."""
-    from kronaxis_lab.pipelines.compare import parse_spec, pick_policy_on_val
-    from kronaxis_lab.pipelines.compare import run as compare_run
-
     save_learnable(tmp_path / "ds", 300)
-    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]", "bootstrap.n=100"]
+    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']",
+            "classifiers=[tfidf:tfidf_logreg,rules]", "bootstrap.n=100"]
     res = compare_run(compose("compare", over, tmp_path))
     (r,) = res["results"]
     names = [row["router"] for row in r["rows"]]
     assert names[0].startswith("tfidf (") and names[1].startswith("rules (") and "oracle" in names and "random" in names
     val = json.loads((tmp_path / "saved/replay_val/metrics.json").read_text())["routers"]
     test = json.loads((tmp_path / "saved/replay/metrics.json").read_text())["routers"]
-    for row in r["rows"][:2]:  # the entry shown is the val-best one, and its numbers are the test ones
-        label = row["router"].split(" (")[0]
-        assert row["entry"] == pick_policy_on_val(val, label)
+    for row, cls in zip(r["rows"][:2], ["TfidfLogRegRouter", "RuleRouter"]):
+        # the entry shown is the val-best one, found by the identity it carries; its numbers are the test ones
+        clf_dir = str(tmp_path / "saved/train" / row["label"] / "classifier")
+        assert row["entry"] == pick_policy_on_val(val, clf_dir)
+        identity = test[row["entry"]]["identity"]
+        assert identity == {"label": row["label"], "classifier": cls, "classifier_dir": clf_dir,
+                            "policy": identity["policy"]} and identity["policy"] in ("wtp", "threshold", "strong_win")
+        assert row["router"] == f"{row['label']} ({identity['policy']})"
         assert row["aiq"] == pytest.approx(test[row["entry"]]["aiq"])
     by = {row["router"].split(" (")[0]: row for row in r["rows"]}
     assert by["tfidf"]["aiq"] > by["random"]["aiq"] + 0.02 and by["tfidf"]["train_s"] > 0
@@ -194,12 +198,13 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
     mtime = clf_json.stat().st_mtime_ns
     again = compare_run(compose("compare", over, tmp_path))
     assert clf_json.stat().st_mtime_ns == mtime and again["results"][0]["rows"][0]["reused"] is True
-    compare_run(compose("compare", [*over[:2], "classifiers=['tfidf:tfidf_logreg@classifier.C=0.5']", "bootstrap.n=0"], tmp_path))
+    compare_run(compose("compare", [*over[:2], "classifiers=['tfidf:tfidf_logreg@classifier.C=0.5']", "bootstrap.n=0"],
+                        tmp_path))
     assert clf_json.stat().st_mtime_ns != mtime
     assert parse_spec("tp1:tier_predictor@classifier.x=1@targets.kind=relaxed") == (
         "tp1", ["classifier=tier_predictor", "classifier.x=1", "targets.kind=relaxed"])
     for bad in (["a+b:rules"], ["rules", "rules"]):
         with pytest.raises(ValueError, match="bad classifier spec|duplicate"):
             compare_run(compose("compare", ["classifiers=[" + ",".join(f"'{b}'" for b in bad) + "]"], tmp_path / "bad"))
-    with pytest.raises(KeyError, match="no replay entry for classifier 'nope'"):
-        pick_policy_on_val(val, "nope")
+    with pytest.raises(KeyError, match="no replay entry for the classifier in /nope"):
+        pick_policy_on_val(val, "/nope")

@@ -29,11 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from kronaxis_lab.data.splits import hash_splits, question_keys
+from kronaxis_lab.data.splits import DEFAULT_SPLIT, hash_splits, question_keys
 from kronaxis_lab.data.store import DataStore
 from kronaxis_lab.data.tables import TableError, validate_queries
-
-DEFAULT_SPLIT = {"fractions": {"train": 0.6, "val": 0.1, "test": 0.3}, "seed": 0}
 
 
 class QuestionSetError(TableError):
@@ -68,7 +66,8 @@ def require(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path: Path
     for r in rows:
         missing = [f for f in fields if r.get(f) in (None, "")]
         if missing:
-            raise QuestionSetError(f"{path}: line {r.get('_line', '?')} lacks field(s) {missing}; has {sorted(k for k in r if k != '_line')}")
+            has = sorted(k for k in r if k != "_line")
+            raise QuestionSetError(f"{path}: line {r.get('_line', '?')} lacks field(s) {missing}; has {has}")
 
 
 class QuestionSet(ABC):

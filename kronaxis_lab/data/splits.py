@@ -20,6 +20,9 @@ _CHOICES = re.compile(r"\n\s*\(?A[\.\):]\s", re.MULTILINE)
 _ANSWER_CUE = re.compile(r"\n\s*answer\s*:?\s*$", re.IGNORECASE)
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
+#: the split of the Python API when none is given; configs/splits/default.yaml is the same block for the CLIs
+DEFAULT_SPLIT = {"fractions": {"train": 0.6, "val": 0.1, "test": 0.3}, "seed": 0}
+
 
 def question_key(text: str) -> str:
     """Normalise a question for dedup: drop an inline choice list and a trailing "Answer:", fold unicode

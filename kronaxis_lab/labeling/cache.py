@@ -15,9 +15,9 @@ retries what failed (``retry_errors``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import asyncio
 import sqlite3
 import threading
 import time
@@ -249,7 +249,7 @@ class GroupCommitter:
             self._groups, self._done = [], None
             try:
                 await asyncio.to_thread(self.cache.put_groups, groups)
-            except BaseException as e:  # noqa: BLE001 - handed to every waiter of this batch
+            except BaseException as e:  # handed to every waiter of this batch
                 assert done is not None
                 done.set_exception(e)
                 if not isinstance(e, Exception):

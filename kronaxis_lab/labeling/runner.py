@@ -177,7 +177,7 @@ class LabelRunner:
                     out = await backend.agenerate(batch)
                     if len(out) != len(batch):
                         raise RuntimeError(f"backend returned {len(out)} results for {len(batch)} requests")
-                except Exception as e:  # noqa: BLE001 - the contract says no raise; if one does, rows carry it
+                except Exception as e:  # the contract says no raise; if one does, rows carry it
                     log.exception("%s: backend call failed", plan.name)
                     out = [GenResult(error=f"backend: {type(e).__name__}: {e}") for _ in batch]
             await self._committer.commit(plan.name, zip(ck, batch, out))  # committed before it counts as done
@@ -318,5 +318,5 @@ async def _close(backend: Backend) -> None:
             await aclose()
         else:
             backend.close()
-    except Exception:  # noqa: BLE001 - closing must not lose finished work
+    except Exception:  # closing must not lose finished work
         log.warning("closing backend %s failed", getattr(backend, "model", "?"), exc_info=True)

@@ -25,9 +25,15 @@ from typing import Any
 
 import hydra
 import pandas as pd
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kronaxis_lab.pipelines.common import CONFIG_DIR, output_dir
+from kronaxis_lab.pipelines.replay import run as replay_run
+from kronaxis_lab.pipelines.train import run as train_run
+from kronaxis_lab.routing.replay import paired_bootstrap
 
 log = logging.getLogger("kronaxis_lab.compare")
 
@@ -41,15 +47,11 @@ COLUMNS = ["router", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium",
 
 def compose(config: str, overrides: list[str], out: Path) -> DictConfig:
     """Compose a pipeline config (train/replay) the way its CLI would, with its run dir set to `out`."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     outer = GlobalHydra.instance().hydra  # set when called under an enclosing @hydra.main
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = hcompose(config_name=config, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
         GlobalHydra.instance().hydra = outer
@@ -69,11 +71,18 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return label, [f"classifier={name}", *over]
 
 
-def pick_policy_on_val(val_metrics: dict[str, Any], label: str) -> str:
-    """The `<Class>[<label>]+<policy>` entry with the highest AIQ on the val split."""
-    cands = {k: v for k, v in val_metrics.items() if k.split("+")[0].endswith(f"[{label}]")}
+def entries_of(metrics: dict[str, dict[str, Any]], classifier_dir: str) -> dict[str, dict[str, Any]]:
+    """The replay entries of one trained classifier (one per policy), found by the `identity` each carries."""
+    want = Path(classifier_dir).resolve()
+    return {k: v for k, v in metrics.items()
+            if "classifier_dir" in v.get("identity", {}) and Path(v["identity"]["classifier_dir"]).resolve() == want}
+
+
+def pick_policy_on_val(val_metrics: dict[str, dict[str, Any]], classifier_dir: str) -> str:
+    """The entry of the classifier in `classifier_dir` with the highest AIQ on the val split."""
+    cands = entries_of(val_metrics, classifier_dir)
     if not cands:
-        raise KeyError(f"no replay entry for classifier '{label}' (entries: {sorted(val_metrics)})")
+        raise KeyError(f"no replay entry for the classifier in {classifier_dir} (entries: {sorted(val_metrics)})")
     return max(cands, key=lambda k: cands[k].get("aiq") or 0.0)
 
 
@@ -83,21 +92,18 @@ def _row(name: str, r: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str],
                 boot: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
-    from kronaxis_lab.pipelines.replay import run as replay_run
-    from kronaxis_lab.routing.replay import paired_bootstrap
-    from kronaxis_lab.pipelines.train import run as train_run
-
     dirs: dict[str, str] = {}
     trained: dict[str, dict[str, Any]] = {}
     for label, clf_over in classifiers.items():
         run_dir = out / "train" / label
         train_over = [f"dataset={dataset}", *clf_over, *overrides]
         spec_file = run_dir / SPEC_FILE
+        metrics_file = run_dir / "train_metrics.json"
         if resume and spec_file.is_file() and json.loads(spec_file.read_text()) == {"overrides": train_over} \
-                and (run_dir / "classifier" / "classifier.json").is_file() and (run_dir / "train_metrics.json").is_file():
-            metrics = json.loads((run_dir / "train_metrics.json").read_text())  # same spec, already trained
-            trained[label] = {"train_s": metrics.get("train_seconds"), "val_mean_auc": metrics.get("val", {}).get("mean_auc"),
-                              "reused": True}
+                and (run_dir / "classifier" / "classifier.json").is_file() and metrics_file.is_file():
+            metrics = json.loads(metrics_file.read_text())  # same spec, already trained
+            trained[label] = {"train_s": metrics.get("train_seconds"),
+                              "val_mean_auc": metrics.get("val", {}).get("mean_auc"), "reused": True}
             dirs[label] = str(run_dir / "classifier")
             log.info("[%s] %s: reusing %s (trained with the same overrides)", dataset, label, dirs[label])
             continue
@@ -116,9 +122,9 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
                               out / "replay"))
     m, mv = test["metrics"], val["metrics"]
     rows = []
-    for label in classifiers:  # replay names a classifier's entries <Class>[<train run dir name = label>]+<policy>
-        best = pick_policy_on_val(mv, label)
-        rows.append(_row(f"{label} ({best.split('+', 1)[1]})", m[best], entry=best, label=label,
+    for label in classifiers:  # each classifier's entries carry their identity (classifier_dir, policy)
+        best = pick_policy_on_val(mv, dirs[label])
+        rows.append(_row(f"{label} ({m[best]['identity']['policy']})", m[best], entry=best, label=label,
                          val_aiq=mv[best].get("aiq"), **trained[label]))
     res = test["result"]
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
@@ -156,7 +162,8 @@ def format_table(rows: list[dict[str, Any]], focus: str | None = None) -> str:
     if focus:
         fm = [r.get("focus_minus") or {} for r in rows]
         df.insert(2, f"{focus} − this: AIQ [95% CI]", [_ci(d.get("aiq")) for d in fm])
-        df.insert(4, f"{focus} − this: savings pts [95% CI]", [_ci(d.get("savings_at_95pct_premium"), True) for d in fm])
+        df.insert(4, f"{focus} − this: savings pts [95% CI]",
+                  [_ci(d.get("savings_at_95pct_premium"), True) for d in fm])
     df["savings_at_95pct_premium"] = df["savings_at_95pct_premium"].map(
         lambda v: "—" if v is None or pd.isna(v) else f"{v:.1%}")
     for c in ("train_s",):

@@ -33,12 +33,21 @@ from kronaxis_lab.data.tables import RoutingDataset, TableError
 from kronaxis_lab.labeling.cache import CallCache
 from kronaxis_lab.labeling.prompts import PromptError
 from kronaxis_lab.labeling.runner import LabelError, LabelResult, LabelRunner, ModelPlan
-from kronaxis_lab.pipelines.common import CONFIG_DIR, build, make_store, output_dir
+from kronaxis_lab.pipelines.common import (
+    CONFIG_DIR,
+    QUESTION_SET,
+    ConfigKindError,
+    build,
+    make_store,
+    one_line_errors,
+    output_dir,
+    require_kind,
+)
 
 log = logging.getLogger("kronaxis_lab.label")
 
 # errors that describe bad input (files, configs), reported without a traceback by the console script
-USER_ERRORS = (LabelError, TableError, PromptError, FleetError, DataError)
+USER_ERRORS = (LabelError, TableError, PromptError, FleetError, DataError, ConfigKindError)
 DETAIL_COLUMNS = ["query_id", "model", "task", "cached", "retries", "fallbacks", "finish_reason"]
 
 
@@ -111,7 +120,7 @@ def make_graders(cfg: DictConfig, tasks: list[str]) -> dict[str, Any]:
         if node is None:
             continue  # reported by LabelRunner.check with the list of tasks lacking a grader
         graders[task] = build(node, f"grader for task '{task}'")
-        if hasattr(graders[task], "backend") and getattr(graders[task], "backend") is None:
+        if hasattr(graders[task], "backend") and graders[task].backend is None:
             raise LabelError(f"the grader for task '{task}' ({type(graders[task]).__name__}) needs a judge backend: "
                              f"set graders.{task}.backend (e.g. +backend@graders.{task}.backend=<config>)")
     return graders
@@ -130,11 +139,8 @@ def make_cache(cfg: DictConfig, out: Path) -> CallCache:
 
 
 def load_queries(cfg: DictConfig) -> tuple[QuestionSet, pd.DataFrame]:
+    require_kind(cfg.dataset, QUESTION_SET)  # e.g. dataset=routellm_gsm8k: one line, before anything is built
     qset = build(cfg.dataset, "question set")
-    if not isinstance(qset, QuestionSet):
-        raise LabelError(f"dataset <{cfg.dataset.get('_target_')}> is not a question set: kronaxis-label needs one "
-                         "of configs/dataset/{gsm8k,mmlu,humaneval,mtbench_questions,live_mix} (recorded-outcome "
-                         "importers such as routellm_* already carry outcomes: replay them instead)")
     return qset, qset.load(make_store(cfg))
 
 
@@ -192,10 +198,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="label")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("kronaxis-label", *USER_ERRORS):  # a bad dataset/config: one clear line, no traceback
         res = run(cfg)
-    except USER_ERRORS as e:  # a bad dataset/config: one clear line, no traceback
-        raise SystemExit(f"kronaxis-label: {type(e).__name__}: {e}") from None
     print(f"outcomes: {res['paths']['outcomes']}\nsummary: {res['paths']['summary']}")
 
 

@@ -9,7 +9,6 @@ Writes <out>/classifier/ (load with kronaxis_lab.classifiers.base.load_classifie
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
@@ -19,7 +18,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
+from kronaxis_lab.classifiers.calibration import val_calibration_metrics, with_calibration
+from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.labels import make_targets
 
 log = logging.getLogger("kronaxis_lab.train")
@@ -56,16 +56,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tk = OmegaConf.to_container(cfg.targets, resolve=True)
     Y = make_targets(tk["kind"], train.scores, train.costs, **(tk.get("params") or {}))
     Yv = make_targets(tk["kind"], val.scores, val.costs, **(tk.get("params") or {})) if val.n else None
-    clf = build(cfg.classifier, "classifier")
-    fit_kw: dict[str, Any] = {}
-    params = inspect.signature(clf.fit).parameters
-    if "model_costs" in params:  # ordinal heads need the tier order (relative cost per model)
-        fit_kw["model_costs"] = train.costs.mean(axis=0).tolist()
+    clf = with_calibration(build(cfg.classifier, "classifier"), cfg.get("calibrate"))  # unchanged when null
+    costs = train.costs.mean(axis=0).tolist()  # relative cost per model: every fit takes it (ordinal tier order)
     texts = train.queries["text"].astype(str).tolist()
     vtexts = val.queries["text"].astype(str).tolist() if val.n else None
     log.info("training %s on %d queries × %d models (val %d)", type(clf).__name__, len(texts), Y.shape[1], val.n)
     t0 = time.perf_counter()
-    clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, **fit_kw)
+    clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, model_costs=costs)
     train_s = time.perf_counter() - t0
     clf_dir = clf.save_pretrained(out / "classifier")
     info = {"dataset": ds.name, "dataset_config": OmegaConf.to_container(cfg.dataset, resolve=True),
@@ -80,6 +77,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         Pv = np.asarray(clf.predict_proba(vtexts), float)
         metrics["val_predict_seconds"] = time.perf_counter() - t0
         metrics["val"] = eval_predictions(Pv, Yv, ds.fleet.names)
+        metrics["calibration"] = val_calibration_metrics(clf, Pv, Yv, ds.fleet.names)  # ECE / Brier per model
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("classifier saved to %s (train %.1f s, val mean AUC %s)", clf_dir, train_s,
              metrics.get("val", {}).get("mean_auc"))
@@ -88,8 +86,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    res = run(cfg)
-    print(json.dumps({k: v for k, v in res["metrics"].items() if k != "val"} | {"val_mean_auc": res["metrics"].get("val", {}).get("mean_auc")}, indent=2))
+    with one_line_errors("kronaxis-train", ConfigKindError):  # e.g. dataset=gsm8k (a question set): one line
+        res = run(cfg)
+    m = res["metrics"]
+    print(json.dumps({k: v for k, v in m.items() if k != "val"} | {"val_mean_auc": m.get("val", {}).get("mean_auc")},
+                     indent=2))
     print(f"classifier: {res['classifier_dir']}")
 
 

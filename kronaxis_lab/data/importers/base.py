@@ -16,14 +16,12 @@ import numpy as np
 import pandas as pd
 
 from kronaxis_lab.data.fleet import Fleet
-from kronaxis_lab.data.splits import drop_test_overlap, hash_splits, question_keys
+from kronaxis_lab.data.splits import DEFAULT_SPLIT, drop_test_overlap, hash_splits, question_keys
 from kronaxis_lab.data.store import DataStore
 from kronaxis_lab.data.tables import RoutingDataset, TableError
 from kronaxis_lab.data.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SPLIT = {"fractions": {"train": 0.6, "val": 0.1, "test": 0.3}, "seed": 0}
 
 
 class Importer(ABC):
@@ -127,7 +125,8 @@ class Importer(ABC):
         rest = out["output_tokens"].isna()
         if rest.any():
             task = out.loc[rest, "query_id"].map(queries.set_index("query_id")["task"])
-            out.loc[rest, "output_tokens"] = task.map(self.output_tokens_by_task).fillna(self.default_output_tokens).to_numpy()
+            assumed = task.map(self.output_tokens_by_task).fillna(self.default_output_tokens)
+            out.loc[rest, "output_tokens"] = assumed.to_numpy()
         need_cost = out["cost_usd"].isna()
         if need_cost.any():
             unknown = sorted(set(out.loc[need_cost, "model"]) - set(fleet.names))

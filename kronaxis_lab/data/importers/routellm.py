@@ -43,7 +43,8 @@ def _as_bool(col: pd.Series, path: Path, name: str) -> pd.Series:
                                                       "1.0": True, "0.0": False})
     if m.isna().any():
         bad = col[m.isna()].head(3).tolist()
-        raise TableError(f"{path}: column '{name}' must be True/False, found {bad} at rows {list(col[m.isna()].index[:3])}")
+        raise TableError(f"{path}: column '{name}' must be True/False, found {bad} "
+                         f"at rows {list(col[m.isna()].index[:3])}")
     return m.astype(bool)
 
 
@@ -86,7 +87,8 @@ class RouteLLMMMLU(_RouteLLMBase):
     @staticmethod
     def _prompt(r: dict) -> str:
         # RouteLLM's MMLU prompt layout: question, lettered choices, "Answer:"
-        return f"{r['question']}\nA. {r['answer_a']}\nB. {r['answer_b']}\nC. {r['answer_c']}\nD. {r['answer_d']}\nAnswer:"
+        choices = "".join(f"\n{c}. {r[f'answer_{c.lower()}']}" for c in "ABCD")
+        return f"{r['question']}{choices}\nAnswer:"
 
     def read(self, store: DataStore) -> tuple[pd.DataFrame, pd.DataFrame]:
         files = store.glob(f"{ROOT}/mmlu/responses/mmlu_*.csv")
@@ -179,7 +181,8 @@ class RouteLLMMTBench(_RouteLLMBase):
                 continue
             msgs = [{"role": "user", "content": t} for t in turns]
             qrows.append({"query_id": f"mtbench-{qid}-t{turn}", "text": "\n\n".join(turns),
-                          "messages": json.dumps(msgs), "split_key": turns[0], "task": "mt_bench", "category": f"mt_bench/{q['category']}",
+                          "messages": json.dumps(msgs), "split_key": turns[0], "task": "mt_bench",
+                          "category": f"mt_bench/{q['category']}",
                           "gold": None, "source": "routellm/mt_bench"})
         queries = pd.DataFrame(qrows)
         out = judged[judged["query_id"].isin(queries["query_id"])][["query_id", "model", "score", "response"]]

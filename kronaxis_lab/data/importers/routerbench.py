@@ -83,7 +83,7 @@ class RouterBenchImporter(Importer):
     def _read(path: Path) -> pd.DataFrame:
         try:
             df = _READERS[path.suffix](path)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        except Exception as e:  # any reader error, re-raised with the file name
             raise TableError(f"{path}: cannot be read as a RouterBench table: {e}") from e
         if not isinstance(df, pd.DataFrame):
             raise TableError(f"{path}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -107,7 +107,8 @@ class RouterBenchImporter(Importer):
             sid = df["sample_id"].astype(str) if "sample_id" in df.columns else pd.Series(df.index.astype(str))
             qid = (f"rb-{path.stem}-" + sid.reset_index(drop=True)).to_numpy()
             if pd.Series(qid).duplicated().any():
-                raise TableError(f"{path}: duplicate sample_id values {pd.Series(qid)[pd.Series(qid).duplicated()].head(3).tolist()}")
+                dup = pd.Series(qid)[pd.Series(qid).duplicated()]
+                raise TableError(f"{path}: duplicate sample_id values {dup.head(3).tolist()}")
             parsed = [_prompt_text(p) for p in df["prompt"].tolist()]
             task = df["eval_name"].astype(str).to_numpy() if "eval_name" in df.columns else np.full(len(df), path.stem)
             qs.append(pd.DataFrame({"query_id": qid, "text": [t for t, _ in parsed], "messages": [m for _, m in parsed],
@@ -115,7 +116,8 @@ class RouterBenchImporter(Importer):
             for m in models:
                 score = pd.to_numeric(df[m], errors="coerce").to_numpy()
                 cost = pd.to_numeric(df[m + COST_SUFFIX], errors="coerce").to_numpy()
-                resp = df[m + RESPONSE_SUFFIX].astype("string").to_numpy() if m + RESPONSE_SUFFIX in df.columns else None
+                has_resp = m + RESPONSE_SUFFIX in df.columns
+                resp = df[m + RESPONSE_SUFFIX].astype("string").to_numpy() if has_resp else None
                 bad = ~np.isnan(score) & ((score < 0) | (score > 1))
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
