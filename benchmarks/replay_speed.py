@@ -82,7 +82,7 @@ def main() -> None:
             (f"long→wide pivot of {n_p:,} queries × {a.m} models (pandas)", t_pivot)]
     cmd = f".venv/bin/python benchmarks/replay_speed.py --n {a.n} --m {a.m} --k {a.k}"
     lines = ["# Replay speed", "", f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, numpy {np.__version__}",
-             f"- command: `{cmd}`", f"- goal: replay engine ≤ 10 s",
+             f"- command: `{cmd}`", "- goal: replay engine ≤ 10 s",
              f"- load average when it finished (1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
              "(other jobs on the 2 cores inflate every number)", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {s} | {t:.2f} |" for s, t in rows]

@@ -162,7 +162,7 @@ def report(res: dict, cmd: str) -> str:
     if d:
         names = list(d["teacher_auc"])
         lines += [f"### Distillation ({d['teacher_layers']} → {d['student_layers']} layers)", "",
-                  f"LLMRouter, seeded 70/15/15 split: teacher (default config, "
+                  "LLMRouter, seeded 70/15/15 split: teacher (default config, "
                   + (f"{d['teacher_fit_s']:.0f} s, " if d["teacher_fit_s"] == d["teacher_fit_s"] else "loaded with --teacher, ")
                   + f"{d['teacher_epochs']:.0f} epochs) and student ({d['student_fit_s']:.0f} s, {d['student_epochs']:.0f} epochs, "
                   f"on the teacher's predictions) trained on the same {d['n_train']:,} queries; AUC against the recorded "

@@ -91,7 +91,8 @@ def _assembled_path(uri: str, cache_dir: str | Path | None = None) -> Path:
     mod = importlib.import_module(module)
     if not hasattr(mod, "assemble"):
         raise ModelNotFoundError(f"{uri}: package '{module}' has no assemble(output_path) function")
-    target = Path(cache_dir or default_model_cache()) / "_assembled" / module / getattr(mod, "MODEL_NAME", f"{module}.gguf")
+    name = getattr(mod, "MODEL_NAME", f"{module}.gguf")
+    target = Path(cache_dir or default_model_cache()) / "_assembled" / module / name
     return Path(mod.assemble(target))
 
 

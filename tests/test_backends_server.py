@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pytest
 
-from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
+from kronaxis_lab.backends.base import GenRequest, GenResult
 from kronaxis_lab.backends.openai_http import OpenAIHTTPBackend
 from kronaxis_lab.backends.openai_server import create_app
 
@@ -31,7 +31,7 @@ class RecordingEcho(EchoBackend):
         self.batches.append(len(requests))
         await asyncio.sleep(0.01)
         out = await super().agenerate(requests)
-        for req, res in zip(requests, out):
+        for res in out:
             if "explode" in res.text:
                 res.text, res.error = "", "backend exploded"
         return out

@@ -176,7 +176,7 @@ def test_a_classifier_without_save_and_load_hooks_cannot_be_instantiated():
 
 def test_config_comes_from_the_signature(tmp_path):
     class Hooks(_NoHooks):
-        save_state = load_state = lambda self, directory: None  # noqa: E731
+        save_state = load_state = lambda self, directory: None
 
     class Child(Hooks):  # **kwargs: the parent's arguments are part of the config
         def __init__(self, beta: tuple[int, ...] = (1, 2), **kwargs):

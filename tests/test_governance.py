@@ -253,7 +253,7 @@ def test_redact_removes_every_detected_value(policy, corpus):
     texts = [r["text"] for r in corpus]
     red = policy.redact(texts)
     assert policy.detect(red) == [set()] * len(texts)
-    for t, r, vals, gold in zip(texts, red, _values(policy, texts), (r["classes"] for r in corpus)):
+    for r, vals, gold in zip(red, _values(policy, texts), (row["classes"] for row in corpus)):
         for v in vals:
             assert v not in r
         for c in gold:

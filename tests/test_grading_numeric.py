@@ -9,7 +9,6 @@ from kronaxis_lab.grading._common import GradingInputError
 from kronaxis_lab.grading.numeric import NumericMatchGrader, extract_answer, parse_gold
 
 
-
 @pytest.mark.parametrize(
     "text, expected",
     [

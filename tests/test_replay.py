@@ -14,8 +14,15 @@ from kronaxis_lab.data.tables import Matrices, RoutingDataset
 from kronaxis_lab.routing.costs import CostModel, CostModelError
 from kronaxis_lab.routing.policies import StrongWinThreshold, Threshold, WillingnessToPay
 from kronaxis_lab.routing.replay import paired_bootstrap, replay, replay_matrices
-from kronaxis_lab.routing.routers import (AlwaysRouter, OracleRouter, PolicyRouter, Predictor, PriorPredictor,
-                                          RandomRouter, ReplayContext)
+from kronaxis_lab.routing.routers import (
+    AlwaysRouter,
+    OracleRouter,
+    PolicyRouter,
+    Predictor,
+    PriorPredictor,
+    RandomRouter,
+    ReplayContext,
+)
 from tests.conftest import FIXTURES, ROOT, compose
 
 FLEET = Fleet.from_config({"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1},
@@ -107,7 +114,7 @@ def test_replay_pipeline_run_on_routerbench_fixture(tmp_path):
     out = run(cfg)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert {"oracle", "random", "always:gpt-4-1106-preview", "always:mistral-7b-chat"} <= set(m["routers"])
-    for name, r in m["routers"].items():
+    for r in m["routers"].values():
         assert r["n_queries"] == 4 and isinstance(r["curve"], list) and len(r["curve"][0]) == 2
     assert (tmp_path / "report.md").read_text().startswith("# Replay report")
     for png in ("cost_quality.png", "per_category.png"):

@@ -61,5 +61,5 @@ class Backend(ABC):
         """Synchronous convenience wrapper around `agenerate`."""
         return asyncio.run(self.agenerate(requests))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release resources (HTTP clients, engines)."""

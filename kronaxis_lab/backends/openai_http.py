@@ -211,7 +211,8 @@ class OpenAIHTTPBackend(Backend):
         self.mode = mode
         self.endpoints = [Endpoint.from_config(c, i, model) for i, c in enumerate(endpoints)]
         self._keys = [_KeyRing(ep.api_key_env, f"endpoints[{i}] ({ep.name})") for i, ep in enumerate(self.endpoints)]
-        self._buckets = [TokenBucket(ep.rate_limit_rps, ep.burst) if ep.rate_limit_rps else None for ep in self.endpoints]
+        self._buckets = [TokenBucket(ep.rate_limit_rps, ep.burst) if ep.rate_limit_rps else None
+                         for ep in self.endpoints]
         self._secrets = [s for ring in self._keys for s in ring.secrets]
         self.max_concurrency = int(max_concurrency)
         self.timeout_s = float(timeout_s)
@@ -259,8 +260,10 @@ class OpenAIHTTPBackend(Backend):
         """Send a raw OpenAI request body (model replaced per endpoint) and return the upstream JSON.
 
         Retries and fallback as for `agenerate`; raises `RuntimeError` (keys scrubbed) when every endpoint fails.
+        A body that asks to stream is sent with `stream: false`; one without the field (e.g. /embeddings, where
+        OpenAI rejects unknown fields) is sent without it.
         """
-        body = {**body, "stream": False}
+        body = {**body, "stream": False} if "stream" in body else dict(body)
         path = path or ("/chat/completions" if "messages" in body else "/completions")
         meta = meta if meta is not None else {}
         resp = await self._through_chain(lambda ep: {**body, "model": ep.model}, path, meta, stream=False)
@@ -325,7 +328,8 @@ class OpenAIHTTPBackend(Backend):
             self._loop = loop
             self._client = httpx.AsyncClient(
                 timeout=self.timeout_s,
-                limits=httpx.Limits(max_connections=self.max_concurrency * 2, max_keepalive_connections=self.max_concurrency),
+                limits=httpx.Limits(max_connections=self.max_concurrency * 2,
+                                    max_keepalive_connections=self.max_concurrency),
             )
             self._sem = asyncio.Semaphore(self.max_concurrency)
         assert self._sem is not None
@@ -484,7 +488,8 @@ class OpenAIHTTPBackend(Backend):
         if self.tokenizer_name:
             if self._tokenizer is None:
                 from transformers import AutoTokenizer
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_name, self.tokenizer_fallback))
+                path = resolve_model(self.tokenizer_name, self.tokenizer_fallback)
+                self._tokenizer = AutoTokenizer.from_pretrained(path)
             tok = self._tokenizer
             if req.messages is not None and getattr(tok, "chat_template", None):
                 prompt = tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)

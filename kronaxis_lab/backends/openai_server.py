@@ -1,7 +1,9 @@
-"""A minimal OpenAI-compatible server over any `Backend`: /v1/chat/completions, /v1/completions, /v1/models.
+"""A minimal OpenAI-compatible test server over any `Backend`: /v1/chat/completions, /v1/completions,
+/v1/embeddings, /v1/models.
 
 It makes a local backend (e.g. the transformers SmolLM2 backend) look like a vLLM / llama.cpp endpoint,
-so the HTTP orchestrator and the serving router can be tested end to end against a real model.
+so the HTTP orchestrator and the serving router can be tested end to end against a real model. It is a test
+and development server, not a production one.
 
 - Requests arriving within `batch_window_ms` are merged into one `agenerate` call (up to `max_batch`),
   so the in-process backend still batches under concurrent clients.
@@ -12,6 +14,12 @@ so the HTTP orchestrator and the serving router can be tested end to end against
 - An omitted `temperature` means greedy (0), not OpenAI's 1.0: labels and tests stay reproducible.
   `user` is carried as `request_id` (e.g. a query_id for a replay backend); `top_p`, `seed` and the
   penalties go to the backend as `GenRequest.extra`.
+- Tool calling: `tools` / `tool_choice` go to the backend in `GenRequest.extra`; a backend that calls tools puts
+  `[{"name": ..., "arguments": <JSON string>}, ...]` in `GenResult.meta["tool_calls"]`, answered as OpenAI
+  `tool_calls` (finish_reason "tool_calls"; streamed as one `delta.tool_calls` chunk).
+- /v1/embeddings answers `hashed_embedding` vectors: a deterministic bag-of-words hash (words sharing a text
+  raise its cosine similarity, nothing more), NOT a learned embedding model: enough to test clients and the
+  router's pass-through. `dimensions` and `encoding_format` ("float" | "base64") are honoured.
 
 Run::
 
@@ -24,9 +32,13 @@ and point any OpenAI client at `http://127.0.0.1:8001/v1`.
 # no `from __future__ import annotations`: FastAPI must see the real `Request` class in the route signatures
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import logging
+import math
 import re
+import struct
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -37,6 +49,8 @@ from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
 log = logging.getLogger(__name__)
 
 PASSTHROUGH = ("top_p", "seed", "presence_penalty", "frequency_penalty")  # sampling fields handed to the backend
+TOOL_FIELDS = ("tools", "tool_choice")  # handed to the backend too; it answers tool calls in meta["tool_calls"]
+EMBEDDING_DIM = 64  # /v1/embeddings vector size when the request gives no `dimensions`
 
 
 class MicroBatcher:
@@ -94,6 +108,40 @@ def _pieces(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+$", text)
 
 
+def hashed_embedding(text: str | Sequence[int], dim: int = EMBEDDING_DIM) -> list[float]:
+    """L2-normalised signed hashing-trick vector of the lower-cased words of `text` (or of token ids):
+    word w adds ±1 to bucket h(w) mod dim, sign from another bit of h = blake2b-64(w). All-zero for no words."""
+    words = re.findall(r"\w+", text.lower()) if isinstance(text, str) else [str(t) for t in text]
+    v = [0.0] * dim
+    for w in words:
+        h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+        v[h % dim] += 1.0 if (h >> 40) & 1 else -1.0
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v] if norm else v
+
+
+def _embedding_inputs(inputs: Any) -> list[str | list[int]]:
+    """`input` as a list of texts or token-id lists (the OpenAI forms: str, [str], [int], [[int]])."""
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise ValueError("'input' must be a string or a non-empty list of strings or token-id lists")
+    for x in inputs:
+        if not (isinstance(x, str) or (isinstance(x, list) and all(isinstance(t, int) for t in x))):
+            raise ValueError("every 'input' item must be a string or a list of token ids")
+    return inputs
+
+
+def _tool_calls(res: GenResult) -> list[dict[str, Any]]:
+    """The backend's tool calls in the OpenAI `tool_calls` format."""
+    out = []
+    for c in res.meta.get("tool_calls") or []:
+        args = c.get("arguments", "{}")
+        out.append({"id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                    "function": {"name": c["name"], "arguments": args if isinstance(args, str) else json.dumps(args)}})
+    return out
+
+
 def create_app(
     backend: Backend,
     served_model: str | None = None,
@@ -101,6 +149,7 @@ def create_app(
     max_batch: int = 16,
     default_max_tokens: int = 256,
     preload: bool = True,
+    embedding_dim: int = EMBEDDING_DIM,
 ) -> Any:
     """FastAPI app serving `backend` under the model name `served_model` (default: `backend.model`)."""
     from fastapi import FastAPI, Request
@@ -134,7 +183,7 @@ def create_app(
             "temperature": float(body.get("temperature") or 0.0),
             "stop": stop,
             "request_id": str(body["user"]) if body.get("user") else None,  # e.g. a query_id for replay
-            "extra": {k: body[k] for k in PASSTHROUGH if k in body} or None,
+            "extra": {k: body[k] for k in PASSTHROUGH + TOOL_FIELDS if k in body} or None,
         }
         if chat:
             msgs = body.get("messages")
@@ -167,10 +216,14 @@ def create_app(
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         finish = res.meta.get("finish_reason") or "stop"
+        calls = _tool_calls(res) if chat else []
+        if calls and finish == "stop":
+            finish = "tool_calls"
         if not body.get("stream"):
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
             if chat:
-                choice["message"] = {"role": "assistant", "content": res.text}
+                choice["message"] = {"role": "assistant", "content": res.text or (None if calls else ""),
+                                     **({"tool_calls": calls} if calls else {})}
             else:
                 choice["text"] = res.text
             return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -179,10 +232,11 @@ def create_app(
         obj = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def chunk(piece: str | None, finish_reason: str | None = None, role: bool = False) -> str:
+        def chunk(piece: str | None, finish_reason: str | None = None, role: bool = False,
+                  delta: dict[str, Any] | None = None) -> str:
             if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else (
-                    {"content": piece} if piece is not None else {})
+                delta = delta or ({"role": "assistant", "content": ""} if role else (
+                    {"content": piece} if piece is not None else {}))
                 choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
             else:
                 choice = {"index": 0, "text": piece or "", "finish_reason": finish_reason, "logprobs": None}
@@ -194,6 +248,8 @@ def create_app(
                 yield chunk(None, role=True)
             for p in _pieces(res.text):
                 yield chunk(p)
+            if calls:
+                yield chunk(None, delta={"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
             yield chunk(None, finish_reason=finish)
             if include_usage:
                 data = {"id": rid, "object": obj, "created": created, "model": name, "choices": [], "usage": usage(res)}
@@ -209,6 +265,27 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         return await handle(request, chat=False)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("request body must be a JSON object")
+            inputs = _embedding_inputs(body.get("input"))
+            dim = int(body.get("dimensions") or embedding_dim)
+            fmt = body.get("encoding_format") or "float"
+            if dim < 1 or fmt not in ("float", "base64"):
+                raise ValueError("'dimensions' must be >= 1 and 'encoding_format' float or base64")
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            return error(400, str(e))
+        data = []
+        for i, x in enumerate(inputs):
+            v = hashed_embedding(x, dim)
+            data.append({"object": "embedding", "index": i, "embedding": v if fmt == "float" else
+                         base64.b64encode(struct.pack(f"<{dim}f", *v)).decode()})
+        n = sum(len(x.split()) if isinstance(x, str) else len(x) for x in inputs)
+        return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

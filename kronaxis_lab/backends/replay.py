@@ -59,7 +59,8 @@ class ReplayBackend(Backend):
         keys = rows["query_id"].astype(str)
         dup = keys[keys.duplicated()].unique()
         if len(dup):
-            raise ReplayError(f"{source}: duplicate (query_id, model) rows for model '{self.recorded_model}': {list(dup[:5])}")
+            raise ReplayError(f"{source}: duplicate (query_id, model) rows for model '{self.recorded_model}': "
+                              f"{list(dup[:5])}")
         cols = [c for c in (*REQUIRED, *OPTIONAL) if c in rows.columns]
         self._rows = {k: rec for k, rec in zip(keys, rows[cols].to_dict("records"))}
 

@@ -182,7 +182,7 @@ class TransformersBackend(Backend):
                                    disable=not self.progress or len(batches) <= 1):
                 try:
                     out = self._run_batch(key, [requests[i] for i in batch], [ids[i] for i in batch])
-                except Exception as e:  # noqa: BLE001 - a failed batch is reported per request, others go on
+                except Exception as e:
                     log.exception("%s: batch of %d failed", self.model, len(batch))
                     out = [GenResult(error=f"generate: {type(e).__name__}: {e}") for _ in batch]
                 for i, r in zip(batch, out):

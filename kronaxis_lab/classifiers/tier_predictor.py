@@ -16,7 +16,8 @@ so an exported graph's `sigmoid(logits)` lines up with the fleet. Two heads:
     and predict_proba returns, per model,
         P(model π_k sufficient) := P(t_i ≤ k) = max_{k' ≤ k} σ(z_{i,π_k'}),
     the running max along the cost order making the predicted cumulative distribution monotone (rank-
-    consistent, which CORAL gets by sharing the head's weights; here the encoder is shared, the head not). This assumes nested tiers — whatever a cheaper tier solves, every pricier tier solves —
+    consistent, which CORAL gets by sharing the head's weights; here the encoder is shared, the head not).
+    This assumes nested tiers — whatever a cheaper tier solves, every pricier tier solves —
     which suits a cheap→premium ladder (RouteLLM's 2 models) more than a flat fleet of peers.
     The head maths is numpy-only in heads.py, so an ONNX runtime reproduces `predict_proba` without torch.
 

@@ -99,7 +99,8 @@ def _coerce(df: pd.DataFrame, spec: dict[str, str], source: str, what: str) -> p
     return out[list(spec)]
 
 
-def validate_outcomes(df: pd.DataFrame, source: str = "<outcomes>", fleet_models: Sequence[str] | None = None) -> pd.DataFrame:
+def validate_outcomes(df: pd.DataFrame, source: str = "<outcomes>",
+                      fleet_models: Sequence[str] | None = None) -> pd.DataFrame:
     """Check and normalise an outcome table; raise TableError naming `source` and the offending rows."""
     _check_columns(df, OUTCOME_COLUMNS, "outcome", source, optional=("response", "latency_s", "error"))
     out = _coerce(df, OUTCOME_COLUMNS, source, "outcome")
@@ -201,7 +202,9 @@ class RoutingDataset:
         sub.outcomes, sub.fleet, sub.queries = ok, self.fleet, q
 
         def arr(col: str, dtype: Any) -> np.ndarray:
-            return sub.wide(col, q).to_numpy(dtype=float).astype(dtype) if len(q) else np.zeros((0, len(self.fleet.names)), dtype)
+            if not len(q):
+                return np.zeros((0, len(self.fleet.names)), dtype)
+            return sub.wide(col, q).to_numpy(dtype=float).astype(dtype)
 
         return Matrices(
             queries=q,
@@ -232,7 +235,8 @@ class RoutingDataset:
         self.queries.to_parquet(directory / "queries.parquet", index=False)
         self.outcomes.to_parquet(directory / "outcomes.parquet", index=False)
         (directory / "fleet.json").write_text(json.dumps(self.fleet.to_dict(), indent=2))
-        (directory / "dataset.json").write_text(json.dumps({"name": self.name, "info": self.info}, indent=2, default=str))
+        meta = {"name": self.name, "info": self.info}
+        (directory / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
     @classmethod
@@ -268,7 +272,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_csv(path)
         if path.suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=path.suffix == ".jsonl")
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+    except Exception as e:
         raise TableError(f"{path}: cannot be read as a table: {e}") from e
     raise TableError(f"{path}: unsupported table format '{path.suffix}' (use .parquet, .csv or .jsonl)")
 

@@ -95,7 +95,8 @@ class LLMJudgeGrader(Grader):
     @staticmethod
     def _references(gold: Any, n_turns: int, row: int) -> list[str] | None:
         g = decode_structured(gold)
-        if isinstance(gold, str) and not (isinstance(g, Mapping) or (isinstance(g, list) and all(isinstance(x, str) for x in g))):
+        structured = isinstance(g, Mapping) or (isinstance(g, list) and all(isinstance(x, str) for x in g))
+        if isinstance(gold, str) and not structured:
             g = gold  # a reference text that merely looks like JSON ("[1, 2]") stays text
         if isinstance(g, Mapping):
             g = g.get("reference")
@@ -109,7 +110,8 @@ class LLMJudgeGrader(Grader):
             if len(g) < n_turns:
                 raise GradingInputError(f"row {row}: {len(g)} references for a conversation of {n_turns} user turns")
             return [as_text(x) for x in g[:n_turns]]
-        raise GradingInputError(f"row {row}: gold reference must be a string or a list of strings, got {type(g).__name__}")
+        raise GradingInputError(f"row {row}: gold reference must be a string or a list of strings, "
+                                f"got {type(g).__name__}")
 
     def build_messages(self, response: str, query: Any, gold: Any = None, row: int = 0) -> list[dict[str, str]]:
         """The judge's chat messages for one row (system + user), from the configured templates."""
@@ -146,7 +148,8 @@ class LLMJudgeGrader(Grader):
         return math.nan
 
     # ------------------------------------------------------------------ grading
-    def grade(self, responses: Sequence[Any], golds: Sequence[Any] | None, queries: Sequence[Any] | None = None) -> np.ndarray:
+    def grade(self, responses: Sequence[Any], golds: Sequence[Any] | None,
+              queries: Sequence[Any] | None = None) -> np.ndarray:
         if golds is None:
             golds = [None] * len(responses)
         n = check_lengths(responses, golds, queries)

@@ -83,7 +83,7 @@ def _as_label_and_texts(choices: Any, letters: Sequence[str]) -> tuple[list[str]
         return list(letters), None
     if isinstance(choices, dict):
         texts = [str(t) for t in choices.get("text", [])]
-        labels = [str(l).strip().upper() for l in choices.get("label", choices.get("labels", []))]
+        labels = [str(x).strip().upper() for x in choices.get("label", choices.get("labels", []))]
         if not labels:
             labels = _default_labels(len(texts), letters)
         if len(labels) != len(texts):
@@ -92,7 +92,8 @@ def _as_label_and_texts(choices: Any, letters: Sequence[str]) -> tuple[list[str]
     if isinstance(choices, (list, tuple)):
         texts = [str(t) for t in choices]
         return _default_labels(len(texts), letters), texts
-    raise GradingInputError(f"choices must be a list of texts or a {{'text', 'label'}} dict, got {type(choices).__name__}")
+    raise GradingInputError(f"choices must be a list of texts or a {{'text', 'label'}} dict, "
+                            f"got {type(choices).__name__}")
 
 
 def _default_labels(k: int, letters: Sequence[str]) -> list[str]:
@@ -104,7 +105,7 @@ def _default_labels(k: int, letters: Sequence[str]) -> list[str]:
 def _texts_from_query(query: str, labels: Sequence[str]) -> list[str] | None:
     """Choice texts aligned with `labels` ("" where a label's line is absent), if the query lists >= 2."""
     found = {m.group(1): m.group(2) for m in _QUERY_CHOICE_RE.finditer(query) if m.group(1) in labels}
-    return [found.get(l, "") for l in labels] if len(found) >= 2 else None
+    return [found.get(lab, "") for lab in labels] if len(found) >= 2 else None
 
 
 def extract_choice(text: str, labels: Sequence[str], texts: Sequence[str] | None = None,
@@ -163,8 +164,8 @@ class MultipleChoiceGrader(Grader):
     """
 
     def __init__(self, letters: Sequence[str] = ("A", "B", "C", "D"), parse_query_choices: bool = True) -> None:
-        self.letters = [str(l).strip().upper() for l in letters]
-        if not self.letters or any(len(l) != 1 or not l.isalpha() for l in self.letters):
+        self.letters = [str(x).strip().upper() for x in letters]
+        if not self.letters or any(len(x) != 1 or not x.isalpha() for x in self.letters):
             raise ValueError(f"letters must be single letters, got {list(letters)}")
         self.parse_query_choices = parse_query_choices
         self.last_stats_: dict[str, int] = {}

@@ -24,7 +24,8 @@ from kronaxis_lab.grading.base import Grader
 
 # A single number: optional sign, then either thousands-grouped digits or plain digits, optional decimals
 # (".5" too), optional "/denominator". The look-behind stops "2" being read out of "x2" or "1.2.3".
-_NUMBER_RE = re.compile(r"(?<![\w.])([-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?:\.\d+)?)?)(?!\d)")
+_NUMBER_RE = re.compile(
+    r"(?<![\w.])([-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?:\.\d+)?)?)(?!\d)")
 _HASH_RE = re.compile(r"####\s*([^\n]*)")
 _ANSWER_RE = re.compile(
     r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=|would\s+be|will\s+be|should\s+be)\s*:?", re.IGNORECASE
@@ -149,7 +150,8 @@ class NumericMatchGrader(Grader):
         bad = [i for i, v in enumerate(gold_values) if v is None]
         if bad:
             raise GradingInputError(
-                f"NumericMatchGrader: gold is not a number in {len(bad)} row(s), e.g. row {bad[0]}: {str(golds[bad[0]])[-80:]!r}"
+                f"NumericMatchGrader: gold is not a number in {len(bad)} row(s), e.g. row {bad[0]}: "
+                f"{str(golds[bad[0]])[-80:]!r}"
             )
         scores = np.zeros(n, dtype=float)
         no_answer = 0

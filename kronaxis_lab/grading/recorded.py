@@ -57,11 +57,13 @@ class RecordedScoreGrader(Grader):
         scores = scores / self.scale
         missing = np.isnan(scores)
         if missing.any() and not self.allow_missing:
-            raise GradingInputError(f"recorded score missing in {int(missing.sum())} row(s), e.g. row {int(np.argmax(missing))}")
+            raise GradingInputError(f"recorded score missing in {int(missing.sum())} row(s), "
+                                    f"e.g. row {int(np.argmax(missing))}")
         bad = np.flatnonzero(~missing & ((scores < 0) | (scores > 1)))
         if bad.size:
             i = int(bad[0])
-            raise GradingInputError(f"row {i}: recorded score {golds[i]!r} / scale {self.scale:g} = {scores[i]:g} is outside [0, 1]"
+            raise GradingInputError(f"row {i}: recorded score {golds[i]!r} / scale {self.scale:g} = {scores[i]:g} "
+                                    "is outside [0, 1]"
                                     f" ({bad.size} such row(s))")
         self.last_stats_ = {"n": n, "no_answer": int(missing.sum()),
                             "mean": float(np.nanmean(scores)) if (~missing).any() else math.nan}

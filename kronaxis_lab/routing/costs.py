@@ -193,7 +193,8 @@ class CostModel:
         if self.flat_cost is not None:
             return np.broadcast_to(np.asarray(self.flat_cost, float), (len(tok), self.n_models)).copy()
         scaled_in = tok[:, None] * np.asarray(self.input_token_scale, float)[None, :]
-        return scaled_in * np.asarray(self.price_in, float) + self.output_tokens(tok, texts) * np.asarray(self.price_out, float)
+        out = self.output_tokens(tok, texts)
+        return scaled_in * np.asarray(self.price_in, float) + out * np.asarray(self.price_out, float)
 
     def output_tokens(self, input_tokens: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
         """(n, m) expected output tokens: predicted from `texts` when there is a model, else the train means."""

@@ -37,7 +37,8 @@ def cheapest_sufficient_tier(scores: np.ndarray, costs: np.ndarray | None = None
     return np.where(ok.any(axis=1), first, fallback).astype(np.int64)
 
 
-def strong_win(scores: np.ndarray, strong: int = -1, weak: int = 0, margin: float = 0.0, soft: bool = True) -> np.ndarray:
+def strong_win(scores: np.ndarray, strong: int = -1, weak: int = 0, margin: float = 0.0,
+               soft: bool = True) -> np.ndarray:
     s = np.asarray(scores, float)
     diff = s[:, strong] - s[:, weak]
     if soft:

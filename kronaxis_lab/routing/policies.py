@@ -31,7 +31,8 @@ class Policy(ABC):
         """(k, n) int32 choices for k parameter values."""
 
     def sweep(self, P: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        params = np.asarray(self.params if getattr(self, "params", None) is not None else self.default_params(P, cost), float)
+        given = getattr(self, "params", None)
+        params = np.asarray(given if given is not None else self.default_params(P, cost), float)
         return params, self.choose(P, cost, params)
 
 
@@ -67,7 +68,8 @@ class WillingnessToPay(Policy):
         order = np.argsort(params, kind="stable")
         out = np.empty((len(params), P.shape[0]), np.int32)
         for s in range(0, P.shape[0], _ENVELOPE_ROWS):
-            out[order, s:s + _ENVELOPE_ROWS] = _envelope_choices(P[s:s + _ENVELOPE_ROWS], cost[s:s + _ENVELOPE_ROWS], params[order])
+            rows = slice(s, s + _ENVELOPE_ROWS)
+            out[order, rows] = _envelope_choices(P[rows], cost[rows], params[order])
         return out
 
 
@@ -75,7 +77,8 @@ _ENVELOPE_ROWS = 1 << 17
 
 
 def _argmax_lambda(P: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
-    """argmax_j λ·P_j − c_j with the envelope's tie rules (λ = 0: cheapest, then likeliest; ∞: likeliest, then cheapest)."""
+    """argmax_j λ·P_j − c_j with the envelope's tie rules (λ = 0: cheapest, then likeliest; ∞: likeliest, then
+    cheapest)."""
     if np.isinf(lam):
         best = P.max(axis=1, keepdims=True)
         return np.where(P == best, -c, -np.inf).argmax(axis=1)

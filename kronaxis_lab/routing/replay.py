@@ -18,7 +18,7 @@ from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices, RoutingDataset
 from kronaxis_lab.routing.costs import CostModel, TokenCounter
 from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
-from kronaxis_lab.routing.routers import ReplayContext, RouteResult, Router
+from kronaxis_lab.routing.routers import ReplayContext, Router, RouteResult
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
     def op_index(name: str) -> int:
         rr = results[name]
         cost_k, acc_k, _ = curves[name]
-        return rr.headline if rr.headline is not None else operating_point(cost_k, acc_k, PREMIUM_ACCURACY_SHARE * premium_acc)
+        if rr.headline is not None:
+            return rr.headline
+        return operating_point(cost_k, acc_k, PREMIUM_ACCURACY_SHARE * premium_acc)
 
     oracle_acc = float(curves["oracle"][1][op_index("oracle")]) if "oracle" in curves else None
     out: dict[str, dict[str, Any]] = {}

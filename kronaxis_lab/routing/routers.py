@@ -52,7 +52,8 @@ class ReplayContext:
         if key not in self._costs:
             if self.cost_model is None:
                 raise ValueError("expected costs need a cost model, fitted on a non-empty train split")
-            self._costs[key] = self.cost_model.expected(prompt_tokens(mats, self.token_counter), texts=query_texts(mats))
+            n_i = prompt_tokens(mats, self.token_counter)
+            self._costs[key] = self.cost_model.expected(n_i, texts=query_texts(mats))
         return self._costs[key]
 
     @property
