@@ -14,22 +14,29 @@ Endpoints
   model. `stream: true` passes the upstream's SSE through. The upstream's answer comes back unchanged, with
   headers `x-kronaxis-model`, `x-kronaxis-tier`, `x-kronaxis-scores` (JSON: model → P̂),
   `x-kronaxis-reasons` (JSON list), `x-kronaxis-policy`, `x-kronaxis-endpoint` (which endpoint of the chain
-  answered), `x-kronaxis-data-classes` (sensitive classes found, if any) and `x-kronaxis-route` (signed routing
-  token, when a session key was given: echo it on the next turn).
+  answered), `x-kronaxis-route` (signed routing token, when a session key was given: echo it on the next turn)
+  and, only with `settings.expose_data_classes`, `x-kronaxis-data-classes` (sensitive classes found, if any).
 - `POST /v1/route` — decision only: `{"messages": [...]}` → `{model, tier, scores, reasons, ...}`; a batch
   `{"requests": [{"messages": ...}, ...]}` → `{"results": [...]}`.
 - `GET /healthz`, `GET /metrics` (Prometheus), `GET /v1/models`.
+- `GET /v1/models/{id}`, `POST /v1/completions`, `POST /v1/responses`, `POST /v1/embeddings`: `openai_surface.py`.
 
-Errors are OpenAI-style `{"error": {message, type, param, code}}`: 400 malformed JSON / fields, 404 unknown
-model, 413 oversized body, 403 governance refusal, 502 every upstream failed, 503 no upstreams configured.
-Request bodies, headers and API keys are never logged.
+Errors are OpenAI-style `{"error": {message, type, param, code}}`: 400 malformed JSON / fields (NaN or Infinity,
+numbers that overflow, lone surrogates in any string or key, wrong types or out-of-range values of the OpenAI
+parameters, a malformed `kronaxis/<policy>:<param>`), 401 missing/invalid router API key and 429 over the key's
+rate limit (`auth.py`), 404 unknown model, 413 oversized body, 403 governance refusal, 502 every upstream
+failed, 503 no upstreams configured. Body parsing and the governance scan run in worker threads
+(`RoutingEngine.off_loop`), never on the event loop. Request content (bodies, upstream error bodies, exception
+messages), headers and API keys are never logged nor used as metric labels.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real `Request` class in route signatures
 import asyncio
 import json
 import logging
+import math
 import time
+import traceback
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -39,12 +46,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kronaxis_lab.backends.base import estimate_tokens
+from kronaxis_lab.serving.auth import CURRENT_KEY_ID, AuthMiddleware, KeyStore, RateLimiter, auth_enabled
 from kronaxis_lab.serving.components import build_governance
-from kronaxis_lab.serving.engine import Conversation, Decision, PolicySpec, RequestError, RoutingEngine
+from kronaxis_lab.serving.engine import SURROGATE, Conversation, Decision, PolicySpec, RequestError, RoutingEngine
 from kronaxis_lab.serving.governance import GovernancePolicy
 from kronaxis_lab.serving.metrics import RouterMetrics
+from kronaxis_lab.serving.openai_surface import OpenAISurface
 from kronaxis_lab.serving.protocols import RouterBundle
-from kronaxis_lab.serving.settings import ServeSettings, SessionSettings
+from kronaxis_lab.serving.settings import ServeConfigError, ServeSettings, SessionSettings
 from kronaxis_lab.serving.stickiness import StickinessGuard
 from kronaxis_lab.serving.upstreams import Upstreams
 
@@ -52,13 +61,28 @@ log = logging.getLogger(__name__)
 
 CHAT_PATH = "/chat/completions"
 ROUTER_FIELDS = ("route_token",)  # request fields the router reads and does not forward upstream
+CLIENT_ERROR_STATUS = {400, 413, 422}  # an upstream refusing these refuses the request, not the router
+OFF_LOOP_BYTES = 32_768  # bodies at least this large are parsed in a scan thread (smaller: not worth the hop)
+
+_NUM = (int, float)
+# OpenAI chat parameters the router checks before forwarding: name → (JSON types, lo, hi); null is allowed for
+# each. A wrong type or range is the client's 400 here, not an upstream 4xx that would end as a 502.
+CHAT_PARAMS: dict[str, tuple] = {
+    "temperature": (_NUM, 0, 2), "top_p": (_NUM, 0, 1), "presence_penalty": (_NUM, -2, 2),
+    "frequency_penalty": (_NUM, -2, 2), "n": (int, 1, 128), "max_tokens": (int, 1, 2**31 - 1),
+    "max_completion_tokens": (int, 1, 2**31 - 1), "seed": (int, -(2**63), 2**63 - 1), "top_logprobs": (int, 0, 20),
+    "logprobs": (bool,), "stream": (bool,), "parallel_tool_calls": (bool,), "store": (bool,), "user": (str,),
+    "service_tier": (str,), "reasoning_effort": (str,), "route_token": (str,), "stop": ((str, list),),
+    "tools": (list,), "tool_choice": ((str, dict),), "response_format": (dict,), "stream_options": (dict,),
+    "metadata": (dict,), "logit_bias": (dict,), "modalities": (list,),
+}
 
 
 def _header_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
 
 
-def decision_headers(d: Decision) -> dict[str, str]:
+def decision_headers(d: Decision, expose_data_classes: bool = False) -> dict[str, str]:
     h = {
         "x-kronaxis-model": d.model or "",
         "x-kronaxis-tier": "" if d.tier is None else str(d.tier),
@@ -66,7 +90,7 @@ def decision_headers(d: Decision) -> dict[str, str]:
         "x-kronaxis-reasons": _header_json(d.reasons),
         "x-kronaxis-policy": d.policy if d.param is None else f"{d.policy}:{d.param:g}",
     }
-    if d.data_classes:
+    if d.data_classes and expose_data_classes:  # opt-in: it tells a client what tripped the detectors
         h["x-kronaxis-data-classes"] = ",".join(d.data_classes)
     if d.route_token:
         h["x-kronaxis-route"] = d.route_token
@@ -96,15 +120,86 @@ class _StreamMeter:
                 if obj.get("usage"):
                     self.usage = obj["usage"]
                 for ch in obj.get("choices") or []:
-                    content = ((ch or {}).get("delta") or {}).get("content")
+                    ch = ch or {}
+                    content = (ch.get("delta") or {}).get("content", ch.get("text"))  # chat | legacy completion
                     self.chars += len(content) if isinstance(content, str) else 0
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading requests
 # --------------------------------------------------------------------------------------------------
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, at most `limit` bytes (413 beyond, even without a content-length)."""
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} overflows a double")
+    return value
+
+
+def _type_name(types: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    flat = [t for x in (types if isinstance(types, tuple) else (types,))
+            for t in (x if isinstance(x, tuple) else (x,))]
+    return " or ".join(dict.fromkeys("number" if t is float else names[t] for t in flat))
+
+
+def check_strings(body: Any) -> None:
+    """400 for a lone surrogate in any string or key (no tokenizer or upstream accepts one); iterative."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        x, path = stack.pop()
+        if isinstance(x, str):
+            if SURROGATE.search(x):
+                raise RequestError(400, f"{path or 'body'} contains a lone surrogate (not valid Unicode text)",
+                                   param=path or None, code="invalid_unicode")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if SURROGATE.search(k):
+                    raise RequestError(400, f"a key of {path or 'the body'} contains a lone surrogate",
+                                       param=path or None, code="invalid_unicode")
+                stack.append((v, f"{path}.{k}" if path else k))
+        elif isinstance(x, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(x))
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object: strict JSON (no NaN / Infinity, no number overflowing a double) whose
+    strings and keys are valid Unicode (`check_strings`)."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    check_strings(body)
+    return body
+
+
+def check_params(body: Mapping[str, Any], params: Mapping[str, tuple] = CHAT_PARAMS) -> None:
+    """400 naming the field when an OpenAI parameter has the wrong JSON type or is out of range."""
+    for name, (types, *bounds) in params.items():
+        v = body.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) != (types is bool) or not isinstance(v, types):
+            raise RequestError(400, f"'{name}' must be {_type_name(types)}, got {type(v).__name__}", param=name)
+        if bounds and not bounds[0] <= v <= bounds[1]:
+            raise RequestError(400, f"'{name}' must be between {bounds[0]} and {bounds[1]}", param=name)
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(x, str) for x in stop):
+        raise RequestError(400, "'stop' must be a string or an array of strings", param="stop")
+    for v in (body.get("logit_bias") or {}).values():
+        if isinstance(v, bool) or not isinstance(v, _NUM) or not -100 <= v <= 100:
+            raise RequestError(400, "'logit_bias' values must be numbers between -100 and 100", param="logit_bias")
+
+
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The body's bytes, at most `limit` (413 beyond, even without a content-length); 400 if empty."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {limit}", code="body_too_large")
@@ -117,15 +212,12 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     raw = b"".join(chunks)
     if not raw.strip():
         raise RequestError(400, "request body is empty; expected a JSON object")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"request body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise RequestError(400, "request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
-    return body
+    return raw
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a checked JSON object (`read_raw` + `parse_json`), parsed on the calling thread."""
+    return parse_json(await read_raw(request, limit))
 
 
 def session_key(request: Request | None, body: Mapping[str, Any], s: SessionSettings) -> str | None:
@@ -145,8 +237,9 @@ class RouterService:
 
     def __init__(self, bundle: RouterBundle, upstreams: Upstreams, settings: ServeSettings,
                  governance: GovernancePolicy, stickiness: Callable[[str], StickinessGuard] | None,
-                 policies: Mapping[str, Any] | None) -> None:
+                 policies: Mapping[str, Any] | None, keys: KeyStore | None = None) -> None:
         self.bundle, self.upstreams, self.settings = bundle, upstreams, settings
+        self.keys = keys  # None: no client authentication
         self.metrics = RouterMetrics()
         self.engine = RoutingEngine(bundle, governance, stickiness, settings, policies, self.metrics)
         self.stickiness = stickiness is not None and settings.session.enabled
@@ -163,6 +256,7 @@ class RouterService:
         finally:
             await self.engine.batcher.stop()
             await self.upstreams.aclose()
+            self.engine.close()
 
     # -- errors ------------------------------------------------------------------------------------
     def error_response(self, e: RequestError) -> JSONResponse:
@@ -177,12 +271,16 @@ class RouterService:
         return self.error_response(RequestError(e.status_code, str(e.detail), type=kind))
 
     async def on_internal_error(self, request: Request, e: Exception) -> JSONResponse:
-        log.error("internal error on %s: %s", request.url.path, type(e).__name__, exc_info=e)
+        # the traceback's frames, not the exception's message (it may quote request content)
+        log.error("internal error on %s: %s\n%s", request.url.path, type(e).__name__,
+                  "".join(traceback.format_tb(e.__traceback__)))
         return self.error_response(RequestError(500, "internal router error", type="internal_error"))
 
     # -- requests ----------------------------------------------------------------------------------
     async def body(self, request: Request) -> dict[str, Any]:
-        return await read_json(request, self.settings.limits.max_body_bytes)
+        """The checked JSON body (`parse_json`); a large one is parsed off the event loop."""
+        raw = await read_raw(request, self.settings.limits.max_body_bytes)
+        return parse_json(raw) if len(raw) < OFF_LOOP_BYTES else await self.engine.off_loop(parse_json, raw)
 
     def conversation(self, body: Mapping[str, Any], request: Request | None, where: str = "messages") -> Conversation:
         """The conversation of `body`, with its session key and routing token (headers first, then body fields)."""
@@ -203,7 +301,8 @@ class RouterService:
         [d] = await self.engine.decide([self.conversation(body, request)], spec, forced)
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
         self.metrics.requests.labels(endpoint="route", model=d.model or "refused", tier=str(d.tier)).inc()
-        return JSONResponse(d.to_json(), headers=decision_headers(d))
+        expose = self.settings.expose_data_classes
+        return JSONResponse(d.to_json(expose), headers=decision_headers(d, expose))
 
     async def route_batch(self, body: Mapping[str, Any], t0: float) -> JSONResponse:
         """`{"requests": [...]}`: items grouped by operating point, each group decided as one batch."""
@@ -226,7 +325,8 @@ class RouterService:
                                          for (spec, forced), idx in groups.items()))
         for idx, ds in zip(groups.values(), decided):
             for i, d in zip(idx, ds):
-                results[i] = {**d.to_json(), **({"route_token": d.route_token} if d.route_token else {})}
+                results[i] = {**d.to_json(self.settings.expose_data_classes),
+                              **({"route_token": d.route_token} if d.route_token else {})}
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
         self.metrics.requests.labels(endpoint="route_batch", model="*", tier="*").inc()
         return JSONResponse({"results": results})
@@ -236,9 +336,8 @@ class RouterService:
         body = await self.body(request)
         spec, forced = self.engine.parse_model(body.get("model"))
         conv = self.conversation(body, request)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise RequestError(400, "'stream' must be true or false", param="stream")
+        check_params(body)
+        stream = bool(body.get("stream"))
         if not self.upstreams:
             raise RequestError(503, "no upstreams are configured for this router: it can only answer POST /v1/route. "
                                "Start it with upstreams=<configs/upstreams/NAME> mapping fleet models to endpoints.",
@@ -247,56 +346,64 @@ class RouterService:
         [d] = await self.engine.decide([conv], spec, forced, available=self.available)
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
         if d.refused:
-            raise RequestError(403, f"refused by governance: the conversation carries data of class(es) "
-                               f"{d.data_classes}, which no available endpoint may receive",
-                               type="governance_refused", code="data_class_not_allowed")
+            what = f"data of class(es) {d.data_classes}" if self.settings.expose_data_classes else "sensitive data"
+            raise RequestError(403, f"refused by governance: the conversation carries {what}, which no available "
+                               "endpoint may receive", type="governance_refused", code="data_class_not_allowed")
         return await self.forward(d, conv, {k: v for k, v in body.items() if k not in ROUTER_FIELDS}, stream)
 
-    async def forward(self, d: Decision, conv: Conversation, body: dict[str, Any], stream: bool) -> Response:
+    async def forward(self, d: Decision, conv: Conversation, body: dict[str, Any], stream: bool,
+                      path: str = CHAT_PATH) -> Response:
         """The chosen model's endpoint chain; when it all fails, the next allowed model's (`fallback_order`)."""
         order = [d.model] + ([self.engine.names[j] for j in self.engine.fallback_order(d)]
                              if self.settings.fallback_across_models else [])
+        rejected = 0  # models whose upstream refused the request itself (400/413/422): the client's error
         for k, model in enumerate(order):
             meta: dict[str, Any] = {}
             t_up = time.perf_counter()
             try:
-                answer = await self.call_upstream(model, body, stream, meta)
+                answer = await self.call_upstream(model, body, stream, meta, path)
             except Exception as e:  # noqa: BLE001 - the backend scrubs keys from its messages
                 self.metrics.upstream_errors.labels(model=model).inc()
                 self.metrics.fallbacks.labels(kind="endpoint").inc(meta.get("fallbacks", 0))
-                log.warning("upstream %s failed: %s: %s", model, type(e).__name__, e)
+                log.warning("upstream %s failed: %s: %s", model, type(e).__name__, e)  # no body text: upstreams.py
+                rejected += meta.get("rejected_status") in CLIENT_ERROR_STATUS
                 continue
             self.metrics.fallbacks.labels(kind="endpoint").inc(meta.get("fallbacks", 0))
             if k:
                 self.metrics.fallbacks.labels(kind="model").inc()
                 d.reasons.append(f"fallback: {', '.join(order[:k])} failed -> {model}")
                 d.model, d.tier = model, int(self.engine.tiers[self.engine.names.index(model)])
-            headers = decision_headers(d)
+            headers = decision_headers(d, self.settings.expose_data_classes)
             if meta.get("endpoint"):
                 headers["x-kronaxis-endpoint"] = str(meta["endpoint"])
-            self.metrics.requests.labels(endpoint="chat", model=model, tier=str(d.tier)).inc()
+            self.metrics.requests.labels(endpoint=path.strip("/").split("/")[0], model=model, tier=str(d.tier)).inc()
             if stream:
                 first, agen = answer
                 return StreamingResponse(self.relay(first, agen, model, conv), media_type="text/event-stream",
                                          headers=headers)
             self.metrics.upstream_latency.labels(model=model).observe(time.perf_counter() - t_up)
             return self.reply(answer, model, conv, headers)
-        # endpoint URLs and upstream error texts stay in the log; the client learns which models were tried
+        if rejected == len(order):
+            raise RequestError(400, f"every upstream rejected this request as invalid (models tried: {order}): "
+                               "check its parameters", code="upstream_rejected_request")
+        # endpoint URLs and upstream error summaries stay in the log; the client learns which models were tried
         raise RequestError(502, f"every upstream failed for this request (models tried: {order})",
                            type="upstream_error", code="upstream_failed")
 
-    async def call_upstream(self, model: str, body: dict[str, Any], stream: bool, meta: dict[str, Any]) -> Any:
+    async def call_upstream(self, model: str, body: dict[str, Any], stream: bool, meta: dict[str, Any],
+                            path: str = CHAT_PATH) -> Any:
         """The upstream's JSON answer, or (first SSE chunk, the rest) when streaming: a failure raises here."""
         backend = self.upstreams.get(model)
         if not stream:
-            return await backend.aforward(body, path=CHAT_PATH, meta=meta)
-        agen = backend.astream(body, path=CHAT_PATH, meta=meta)
+            return await backend.aforward(body, path=path, meta=meta)
+        agen = backend.astream(body, path=path, meta=meta)
         return await agen.__anext__(), agen
 
     def reply(self, data: Any, model: str, conv: Conversation, headers: dict[str, str]) -> JSONResponse:
         text = ""
         try:
-            text = data["choices"][0]["message"]["content"] or ""
+            choice = data["choices"][0]
+            text = (choice["message"]["content"] if "message" in choice else choice["text"]) or ""  # chat | legacy
         except (KeyError, IndexError, TypeError):
             pass
         self.account(model, data.get("usage") if isinstance(data, dict) else None, conv, len(text))
@@ -324,11 +431,13 @@ class RouterService:
         if not isinstance(n_out, (int, float)):
             n_out = estimate_tokens(out_chars)
         cost, premium = self.engine.usage_cost(model, float(n_in), float(n_out))
-        self.metrics.record_cost(model, cost, premium)
+        self.metrics.record_cost(model, cost, premium, CURRENT_KEY_ID.get())
 
     # -- operations --------------------------------------------------------------------------------
     async def healthz(self) -> dict[str, Any]:
         e = self.engine
+        if self.keys is not None and CURRENT_KEY_ID.get() is None:
+            return {"status": "ok"}  # open to liveness probes; the details only with a key
         return {"status": "ok", "bundle": str(self.bundle.dir), "models": e.names,
                 "tiers": [int(t) for t in e.tiers], "premium": e.premium,
                 "policy": {"name": e.policy_name, "param": e.policy_param},
@@ -353,6 +462,8 @@ def create_app(
     governance: GovernancePolicy | None = None,
     stickiness: Callable[[str], StickinessGuard] | None = None,
     policies: Mapping[str, Any] | None = None,
+    host: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """FastAPI router app over `bundle` (see the module docstring).
 
@@ -364,13 +475,25 @@ def create_app(
             (`governance.default_detectors`) with endpoints from the fleet's data_classes.
         stickiness: operating-point key → `StickinessGuard` (see `components.stickiness_factory`); None = off.
         policies: policy name → Hydra config, for `kronaxis/<name>:<param>` overrides.
+        host: the address the app will listen on (`kronaxis-serve` passes `server.host`); with
+            `settings.auth.enabled: null` a loopback host and no configured key mean no authentication, anything
+            else (None included: the host is unknown) means every request needs a key (`auth.py`).
+        environ: where `settings.auth.keys_env` is read (None = os.environ).
     """
     settings = ServeSettings.from_config(settings)
+    keys = KeyStore.load(settings.auth, environ)
+    if not auth_enabled(settings.auth, host, keys):
+        keys = None
+    elif not len(keys):
+        raise ServeConfigError(f"authentication is on (server.host={host}; settings.auth.enabled="
+                               f"{settings.auth.enabled}) but no router API key is configured: set "
+                               f"{settings.auth.keys_env or 'settings.auth.keys_env'}=<key>[,<key>...] or "
+                               "settings.auth.keys_file, or settings.auth.enabled=false to serve without keys")
     if upstreams is None or isinstance(upstreams, Mapping):
         upstreams = Upstreams(**dict(upstreams or {}))
     if governance is None:
         governance = build_governance(None, bundle)
-    svc = RouterService(bundle, upstreams, settings, governance, stickiness, policies)
+    svc = RouterService(bundle, upstreams, settings, governance, stickiness, policies, keys)
     app = FastAPI(title="kronaxis router", lifespan=svc.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
     app.state.engine, app.state.metrics, app.state.upstreams, app.state.settings = (
@@ -378,9 +501,18 @@ def create_app(
     app.add_exception_handler(RequestError, svc.on_request_error)
     app.add_exception_handler(StarletteHTTPException, svc.on_http_error)
     app.add_exception_handler(Exception, svc.on_internal_error)
+    if keys is not None:
+        rl = settings.auth.rate_limit
+        log.info("client authentication on: %d router API key(s), ids %s", len(keys), keys.ids)
+        app.add_middleware(AuthMiddleware, keys=keys, limiter=RateLimiter(rl.requests_per_minute, rl.burst),
+                           metrics=svc.metrics,
+                           open_paths=("/healthz",) if settings.auth.protect_metrics else ("/healthz", "/metrics"))
+    else:
+        log.info("client authentication off (host %s, settings.auth.enabled=%s)", host, settings.auth.enabled)
     app.add_api_route("/v1/route", svc.route, methods=["POST"])
     app.add_api_route("/v1/chat/completions", svc.chat_completions, methods=["POST"])
     app.add_api_route("/healthz", svc.healthz, methods=["GET"])
     app.add_api_route("/metrics", svc.prometheus, methods=["GET"])
     app.add_api_route("/v1/models", svc.models, methods=["GET"])
+    OpenAISurface(svc, ROUTER_FIELDS).register(app)  # /v1/models/{id}, /v1/completions, /v1/responses, /v1/embeddings
     return app
