@@ -89,8 +89,8 @@ def main(cfg: DictConfig) -> None:
     with one_line_errors("kronaxis-train", ConfigKindError):  # e.g. dataset=gsm8k (a question set): one line
         res = run(cfg)
     m = res["metrics"]
-    print(json.dumps({k: v for k, v in m.items() if k != "val"} | {"val_mean_auc": m.get("val", {}).get("mean_auc")},
-                     indent=2))
+    print(json.dumps({k: v for k, v in m.items() if k not in ("val", "calibration")}
+                     | {"val_mean_auc": m.get("val", {}).get("mean_auc")}, indent=2))
     print(f"classifier: {res['classifier_dir']}")
 
 

@@ -1,0 +1,237 @@
+"""Stacked ensemble: a per-model logistic combiner over member classifiers, fitted on out-of-fold predictions.
+
+    ens = EnsembleRouter(members={"tfidf": {...tfidf_logreg config...}, "cluster": {...}}, n_folds=5)
+    ens.fit(queries, Y, names, val_queries, val_targets)          # K+1 fits of every member
+    P = ens.predict_proba(queries)
+
+Cross-fitting (stacking, Wolpert 1992): the train queries are split into `n_folds` folds, grouped by text (a
+duplicated query never sits on both sides). For each fold every member is fitted on the other folds and
+predicts the held-out one, giving out-of-fold predictions P̃^a (n, m) per member a — predictions on queries
+the member has not seen, so a member that memorises its training data earns no trust. Then per model j
+
+    z_ij = [logit P̃^a_ij for each member a]        (`use_all_models`: every model's column of every member)
+    P̂_j(q) = σ(w_j · z_j(q) + b_j)                 L2 logistic regression on the OOF rows, soft labels as
+                                                    weights (y, 1 − y) as in tfidf.py, NaN targets masked
+
+with C_j chosen from `C_grid` by val log-loss (members refitted on all of train predict val; test is never
+read), else `C`. Finally every member is refitted on all of train; those refits are what `predict_proba`
+combines. `combiner: mean` averages the members' P̂ instead (no folds, no fit).
+
+Members are config nodes (`_target_` + kwargs, instantiated afresh for every fold with hydra) or unfitted
+classifiers (cloned through their `get_config`). The YAML pulls them from their own files in
+configs/classifier/ (one source for each member's defaults). State: each fitted member in
+`members/<name>/` (its own save_pretrained), the combiner in `ensemble.npz` + `ensemble.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from hydra.utils import instantiate
+from scipy.special import expit, logit
+from tqdm.auto import tqdm
+
+from .base import Classifier, as_queries, check_fit_inputs, load_classifier, to_plain
+from .calibration import EPS, log_loss
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "ensemble.npz"
+META_FILE = "ensemble.json"
+MEMBERS_DIR = "members"
+COMBINERS = ("logreg", "mean")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def fold_ids(queries: Sequence[str], n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index of each query: distinct texts dealt round-robin in a seeded shuffle, so equal texts share a fold."""
+    uniq, inverse = np.unique(np.asarray(queries, dtype=object).astype(str), return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    fold_of_text = np.empty(len(uniq), dtype=np.int64)
+    fold_of_text[order] = np.arange(len(uniq)) % n_folds
+    return fold_of_text[inverse]
+
+
+def member_config(member: Any) -> dict[str, Any]:
+    """A member as a plain config node: its own `_target_` + kwargs (a classifier object: its get_config)."""
+    if isinstance(member, Classifier):
+        return {"_target_": f"{type(member).__module__}.{type(member).__qualname__}", **member.get_config()}
+    node = to_plain(member)
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ValueError(f"an ensemble member must be a classifier or a config node with _target_, got {member!r}")
+    return node
+
+
+def _logits(P: np.ndarray) -> np.ndarray:
+    return logit(np.clip(np.asarray(P, float), EPS, 1 - EPS))
+
+
+def _fit_logreg(Z: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> tuple[np.ndarray, float]:
+    """(w, b) of an L2 logistic regression on soft labels y (rows y > 0 as positives with weight y, rows
+    y < 1 as negatives with weight 1 − y). One-class data: w = 0, b = logit of the observed rate."""
+    from sklearn.linear_model import LogisticRegression
+
+    rate = float(np.mean(y)) if len(y) else 0.5
+    if len(y) == 0 or np.all(y == y[0]) and y[0] in (0.0, 1.0):
+        return np.zeros(Z.shape[1]), float(logit(np.clip(rate, EPS, 1 - EPS)))
+    X = np.vstack([Z, Z])
+    labels = np.r_[np.ones(len(y), int), np.zeros(len(y), int)]
+    w = np.r_[y, 1.0 - y]
+    keep = w > 0
+    clf = LogisticRegression(C=C, max_iter=max_iter).fit(X[keep], labels[keep], sample_weight=w[keep])
+    return clf.coef_[0].astype(float), float(clf.intercept_[0])
+
+
+class EnsembleRouter(Classifier):
+    def __init__(
+        self,
+        members: Mapping[str, Any] | None = None,
+        n_folds: int = 5,
+        combiner: str = "logreg",
+        use_all_models: bool = False,
+        C: float = 1.0,
+        C_grid: Sequence[float] | None = None,
+        max_iter: int = 1000,
+        seed: int = 0,
+        show_progress: bool = True,
+    ) -> None:
+        self.members = members
+        self.n_folds = n_folds
+        self.combiner = combiner
+        self.use_all_models = use_all_models
+        self.C = C
+        self.C_grid = C_grid
+        self.max_iter = max_iter
+        self.seed = seed
+        self.show_progress = show_progress
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "members": {str(n): member_config(m) for n, m in (self.members or {}).items()}}
+
+    # -- members ----------------------------------------------------------------------------------
+    def _member_nodes(self) -> dict[str, dict[str, Any]]:
+        nodes = {str(n): member_config(m) for n, m in (self.members or {}).items()}
+        if not nodes:
+            raise ValueError("EnsembleRouter needs at least one member")
+        bad = [n for n in nodes if not _NAME.fullmatch(n)]
+        if bad:
+            raise ValueError(f"ensemble member names must match {_NAME.pattern} (they name directories): {bad}")
+        return nodes
+
+    @staticmethod
+    def _build(name: str, node: dict[str, Any]) -> Classifier:
+        log.info("Instantiating ensemble member %s <%s>", name, node["_target_"])
+        return instantiate(node)
+
+    def _fit_members(self, nodes, queries, y, names, vq, vy, costs) -> dict[str, Classifier]:
+        return {n: self._build(n, node).fit(queries, y, names, vq, vy, model_costs=costs) for n, node in nodes.items()}
+
+    # -- combiner ---------------------------------------------------------------------------------
+    def _features(self, preds: Mapping[str, np.ndarray], j: int) -> np.ndarray:
+        """(n, F) combiner inputs of model j from the members' (n, m) predictions."""
+        cols = [_logits(P) if self.use_all_models else _logits(P[:, [j]]) for P in preds.values()]
+        return np.hstack(cols)
+
+    def _combine(self, preds: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.combiner == "mean":
+            return np.mean(np.stack(list(preds.values())), axis=0)
+        n = len(next(iter(preds.values())))
+        out = np.empty((n, len(self.model_names_)))
+        for j in range(len(self.model_names_)):
+            out[:, j] = expit(self._features(preds, j) @ self.coef_[j] + self.intercept_[j])
+        return out
+
+    def _fit_combiner(self, oof: Mapping[str, np.ndarray], y: np.ndarray,
+                      val_preds: Mapping[str, np.ndarray] | None, vy: np.ndarray | None) -> None:
+        grid = [float(c) for c in self.C_grid] if self.C_grid and val_preds is not None else [float(self.C)]
+        m = len(self.model_names_)
+        coefs, intercepts, self.C_ = [], np.zeros(m), np.zeros(m)
+        for j in range(m):
+            obs = np.isfinite(y[:, j])
+            Z, yj = self._features(oof, j)[obs], y[obs, j]
+            fits = [(_fit_logreg(Z, yj, c, self.max_iter), c) for c in grid]
+            if len(fits) > 1:
+                Zv = self._features(val_preds, j)
+                losses = [log_loss(expit(Zv @ w + b), vy[:, j]) for (w, b), _ in fits]
+                if all(v is not None for v in losses):
+                    fits = [fits[int(np.argmin(losses))]]
+            (w, b), c = fits[0]
+            coefs.append(w)
+            intercepts[j], self.C_[j] = b, c
+        self.coef_, self.intercept_ = np.stack(coefs), intercepts
+
+    # -- fit / predict ----------------------------------------------------------------------------
+    def fit(
+        self,
+        queries: Sequence[str],
+        targets: np.ndarray,
+        model_names: Sequence[str],
+        val_queries: Sequence[str] | None = None,
+        val_targets: np.ndarray | None = None,
+        *,
+        model_costs: Mapping[str, float] | Sequence[float] | None = None,
+    ) -> "EnsembleRouter":
+        if self.combiner not in COMBINERS:
+            raise ValueError(f"combiner '{self.combiner}' is not one of {COMBINERS}")
+        queries, y, model_names, vq, vy = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
+        if not queries:
+            raise ValueError("EnsembleRouter.fit: no training queries")
+        nodes = self._member_nodes()
+        self.model_names_ = model_names
+        self.report_: dict[str, Any] = {}
+        if self.combiner == "logreg":
+            n_folds = min(int(self.n_folds), len(set(queries)))
+            if n_folds < 2:
+                raise ValueError(f"EnsembleRouter: cross-fitting needs ≥ 2 folds (n_folds={self.n_folds}, "
+                                 f"{len(set(queries))} distinct queries)")
+            folds = fold_ids(queries, n_folds, self.seed)
+            oof = {n: np.full(y.shape, np.nan) for n in nodes}
+            for f in tqdm(range(n_folds), desc="ensemble folds", disable=not self.show_progress):
+                held = folds == f
+                tr = [q for q, h in zip(queries, held) if not h]
+                ho = [q for q, h in zip(queries, held) if h]
+                for n, member in self._fit_members(nodes, tr, y[~held], model_names, vq, vy, model_costs).items():
+                    oof[n][held] = np.asarray(member.predict_proba(ho), float)
+            self.report_["oof_log_loss"] = {n: log_loss(P, y) for n, P in oof.items()}
+        self.members_ = self._fit_members(nodes, queries, y, model_names, vq, vy, model_costs)
+        val_preds = {n: np.asarray(m.predict_proba(vq), float) for n, m in self.members_.items()} if vq else None
+        if self.combiner == "logreg":
+            self._fit_combiner(oof, y, val_preds, vy)
+        if val_preds is not None:
+            self.report_["val_log_loss"] = {**{n: log_loss(P, vy) for n, P in val_preds.items()},
+                                            "ensemble": log_loss(self._combine(val_preds), vy)}
+        log.info("ensemble of %s: %s", list(nodes), self.report_)
+        return self
+
+    def member_predictions(self, queries: Sequence[str] | str) -> dict[str, np.ndarray]:
+        """{member: (n, m) P̂} of the fitted members (the combiner's inputs)."""
+        queries = as_queries(queries)
+        return {n: np.asarray(m.predict_proba(queries), float) for n, m in self.members_.items()}
+
+    def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
+        queries = as_queries(queries)
+        if not queries:
+            return np.zeros((0, len(self.model_names_)))
+        return self._combine(self.member_predictions(queries))
+
+    # -- state ------------------------------------------------------------------------------------
+    def save_state(self, directory: Path) -> None:
+        for n, m in self.members_.items():
+            m.save_pretrained(directory / MEMBERS_DIR / n)
+        if self.combiner == "logreg":
+            np.savez(directory / STATE_FILE, coef=self.coef_, intercept=self.intercept_, C=self.C_)
+        meta = {"members": list(self.members_), "report": self.report_}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    def load_state(self, directory: Path) -> None:
+        meta = json.loads((directory / META_FILE).read_text())
+        self.report_ = meta.get("report", {})
+        self.members_ = {n: load_classifier(directory / MEMBERS_DIR / n) for n in meta["members"]}
+        if self.combiner == "logreg":
+            with np.load(directory / STATE_FILE, allow_pickle=False) as z:
+                self.coef_, self.intercept_, self.C_ = z["coef"], z["intercept"], z["C"]

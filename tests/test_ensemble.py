@@ -1,0 +1,121 @@
+"""Stacked ensemble (kronaxis_lab/classifiers/ensemble.py) on the 3-task synthetic data of test_cluster_prior:
+a good member, a noise member and a memorising member with known behaviour."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from kronaxis_lab.classifiers.base import Classifier, as_queries, check_fit_inputs, load_classifier
+from kronaxis_lab.classifiers.calibration import log_loss
+from kronaxis_lab.classifiers.ensemble import EnsembleRouter, fold_ids
+from tests.test_cluster_prior import MODELS, TFIDF, three_tasks
+
+GOOD = {"_target_": "kronaxis_lab.classifiers.cluster_prior.ClusterPriorRouter", "n_clusters": 3,
+        "assignment": "hard", **TFIDF}
+NOISE = {"_target_": "tests.test_ensemble.NoiseRouter"}
+MEMO = {"_target_": "tests.test_ensemble.MemoRouter"}
+
+
+class NoiseRouter(Classifier):
+    """P̂ uniform in (0, 1), a fixed function of the text: carries no information about the outcome."""
+
+    def fit(self, queries, targets, model_names, val_queries=None, val_targets=None, *, model_costs=None):
+        self.model_names_ = check_fit_inputs(queries, targets, model_names).model_names
+        return self
+
+    def predict_proba(self, queries):
+        seeds = [int(hashlib.sha256(q.encode()).hexdigest()[:8], 16) for q in as_queries(queries)]
+        return np.array([np.random.default_rng(s).uniform(0.02, 0.98, len(self.model_names_)) for s in seeds]) \
+            .reshape(len(seeds), len(self.model_names_))
+
+    def save_state(self, directory):
+        pass
+
+    def load_state(self, directory):
+        pass
+
+
+class MemoRouter(NoiseRouter):
+    """Perfect on its training queries (returns their targets), 0.5 elsewhere: trusting its in-sample P̂ is the
+    mistake cross-fitting prevents."""
+
+    def fit(self, queries, targets, model_names, val_queries=None, val_targets=None, *, model_costs=None):
+        q, y, self.model_names_, _, _ = check_fit_inputs(queries, targets, model_names)
+        self.table_ = {t: np.nan_to_num(row, nan=0.5) for t, row in zip(q, y)}
+        return self
+
+    def predict_proba(self, queries):
+        default = np.full(len(self.model_names_), 0.5)
+        return np.array([self.table_.get(q, default) for q in as_queries(queries)]).reshape(-1, len(self.model_names_))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return three_tasks(150, 0), three_tasks(40, 2), three_tasks(60, 1)  # train, val, test
+
+
+def test_fold_ids_group_equal_texts_and_balance():
+    q = [f"t{i % 30}" for i in range(90)]  # every text three times
+    f = fold_ids(q, 5, seed=3)
+    assert all(len(set(f[[i for i, t in enumerate(q) if t == u]])) == 1 for u in set(q))  # a text: one fold
+    assert sorted(np.bincount(f)) == [18] * 5
+    assert np.array_equal(f, fold_ids(q, 5, seed=3)) and not np.array_equal(f, fold_ids(q, 5, seed=4))
+
+
+def test_ensemble_ignores_noise_and_matches_its_best_member(data, tmp_path):
+    (q, Y, _), (qv, Yv, _), (qt, Yt, _) = data
+    ens = EnsembleRouter(members={"good": GOOD, "noise": NOISE}, C_grid=[0.1, 1.0, 10.0], show_progress=False)
+    ens.fit(q, Y, MODELS, qv, Yv)
+    val = ens.report_["val_log_loss"]
+    assert val["ensemble"] < val["noise"] - 0.2 and val["ensemble"] <= val["good"] + 0.01
+    members = ens.member_predictions(qt)
+    test_ens = log_loss(ens.predict_proba(qt), Yt)
+    assert test_ens < log_loss(members["noise"], Yt) - 0.2 and test_ens <= log_loss(members["good"], Yt) + 0.01
+    w_good, w_noise = np.abs(ens.coef_[:, 0]), np.abs(ens.coef_[:, 1])
+    assert (w_noise < 0.25 * w_good).all()  # the combiner learnt whom to trust
+
+    again = load_classifier(ens.save_pretrained(tmp_path / "e"))
+    assert isinstance(again, EnsembleRouter) and list(again.members_) == ["good", "noise"]
+    assert (tmp_path / "e/members/good/classifier.json").is_file()
+    np.testing.assert_allclose(again.predict_proba(qt), ens.predict_proba(qt), atol=1e-12)
+    cfg = json.loads((tmp_path / "e/classifier.json").read_text())["config"]
+    assert cfg["members"]["good"]["n_clusters"] == 3 and cfg["n_folds"] == 5
+
+
+def test_cross_fitting_gives_a_memoriser_no_trust(data):
+    """In-sample the memoriser is perfect; its out-of-fold P̂ is 0.5 everywhere (log-loss log 2), so the
+    combiner leans on the good member and the ensemble is as good as it on unseen queries."""
+    (q, Y, _), (qv, Yv, _), (qt, Yt, _) = data
+    ens = EnsembleRouter(members={"good": GOOD, "memo": MEMO}, n_folds=4, show_progress=False).fit(q, Y, MODELS, qv, Yv)
+    assert ens.report_["oof_log_loss"]["memo"] == pytest.approx(np.log(2))
+    assert log_loss(ens.member_predictions(q)["memo"], Y) < 1e-3  # ...while in-sample it looks perfect
+    good = ens.member_predictions(qt)["good"]
+    assert log_loss(ens.predict_proba(qt), Yt) <= log_loss(good, Yt) + 0.01
+
+
+def test_mean_combiner_and_member_from_an_object(data):
+    (q, Y, _), _, (qt, _, _) = data
+    ens = EnsembleRouter(members={"noise": NoiseRouter(), "good": GOOD}, combiner="mean", show_progress=False)
+    ens.fit(q, Y, MODELS)
+    m = ens.member_predictions(qt)
+    np.testing.assert_allclose(ens.predict_proba(qt), (m["noise"] + m["good"]) / 2)
+    assert ens.get_config()["members"]["noise"] == {"_target_": f"{NoiseRouter.__module__}.NoiseRouter"}
+    assert "oof_log_loss" not in ens.report_  # no folds for a mean
+
+
+def test_bad_ensembles_fail_clearly(data):
+    (q, Y, _), _, _ = data
+    with pytest.raises(ValueError, match="at least one member"):
+        EnsembleRouter(members={}).fit(q, Y, MODELS)
+    with pytest.raises(ValueError, match="name directories"):
+        EnsembleRouter(members={"a/b": NOISE}).fit(q, Y, MODELS)
+    with pytest.raises(ValueError, match="combiner 'vote'"):
+        EnsembleRouter(members={"n": NOISE}, combiner="vote").fit(q, Y, MODELS)
+    with pytest.raises(ValueError, match="≥ 2 folds"):
+        EnsembleRouter(members={"n": NOISE}).fit(["same"] * 4, Y[:4], MODELS)
+    with pytest.raises(ValueError, match="config node with _target_"):
+        EnsembleRouter(members={"n": {"k": 3}}).fit(q, Y, MODELS)
