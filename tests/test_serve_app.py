@@ -145,6 +145,7 @@ def router(bundle: FakeBundle | None = None, urls: dict[str, str] | None = None,
                                      "max_entries": 1000, "salt": sticky_salt}, bundle)
     policies = {"threshold": {"_target_": "kronaxis_lab.routing.policies.Threshold"},
                 "wtp": {"_target_": "kronaxis_lab.routing.policies.WillingnessToPay"}}
+    kw.setdefault("host", "127.0.0.1")  # loopback: client authentication off unless the test turns it on
     return create_app(bundle, upstreams_for(urls or {}), ServeSettings(**(settings or {})), governance=gov,
                       stickiness=sticky, policies=policies, **kw)
 
@@ -390,7 +391,7 @@ def test_api_keys_rotate_and_never_appear_in_logs(monkeypatch, caplog):
         ups = Upstreams(models={"big": {"endpoints": [{"name": "cloud", "base_url": f"{u.url}/v1",
                                                        "api_key_env": ["KX_TEST_KEY_BAD", "KX_TEST_KEY_GOOD"]}]}},
                         client={"mode": "chat", "max_retries": 1, "backoff_base_s": 0.01})
-        app = create_app(FakeBundle(), ups, ServeSettings())
+        app = create_app(FakeBundle(), ups, ServeSettings(), host="127.0.0.1")
         with ServerThread(app) as r:
             for _ in range(3):
                 resp = chat(r.url, HARD)
@@ -433,7 +434,8 @@ def test_governance_corpus_never_reaches_a_disallowed_upstream():
             return await asyncio.gather(*(one(b) for b in bodies))
 
     with ServerThread(internal_app) as i, ServerThread(external_app) as e, \
-            ServerThread(router(urls={"small": i.url, "big": e.url}, governance=gov)) as r:
+            ServerThread(router(urls={"small": i.url, "big": e.url}, governance=gov,
+                                settings={"expose_data_classes": True})) as r:
         bodies = [{"model": m, "messages": [{"role": "user", "content": row["text"]}]}
                   for m in ("big", "kronaxis/auto", "kronaxis/threshold:0.99") for row in corpus]
         bodies += [{"model": "big", "messages": msgs} for msgs in carriers]
@@ -460,7 +462,8 @@ def test_governance_corpus_never_reaches_a_disallowed_upstream():
 def test_governance_refuses_when_no_allowed_upstream():
     external_app, external_seen = recording_upstream("served-big")
     with ServerThread(external_app) as e, \
-            ServerThread(router(urls={"big": e.url}, governance=gov_config({"small": "*", "big": []}))) as r:
+            ServerThread(router(urls={"big": e.url}, governance=gov_config({"small": "*", "big": []}),
+                                settings={"expose_data_classes": True})) as r:
         resp = chat(r.url, [{"role": "user", "content": "email the report to dana.whitfield@example.com"}])
         assert resp.status_code == 403
         err = resp.json()["error"]
@@ -476,7 +479,7 @@ def test_governance_refuses_when_no_allowed_upstream():
 
 def test_without_a_governance_config_the_default_detectors_guard_the_fleet_data_classes():
     bundle = FakeBundle(data_classes={"small": ["*"], "big": []})
-    with ServerThread(router(bundle)) as r:
+    with ServerThread(router(bundle, settings={"expose_data_classes": True})) as r:
         d = route(r.url, {"messages": [{"role": "user", "content": "mail dana.whitfield@example.com"}],
                           "model": "big"}).json()
         assert d["model"] == "small" and d["data_classes"] == ["email"]
@@ -591,4 +594,4 @@ def test_serve_configs_compose_and_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(ServeConfigError, match="endpoints"):
         Upstreams(models={"small": {}})
     with pytest.raises(ServeConfigError, match="not in the bundle's fleet"):
-        create_app(FakeBundle(), upstreams_for({"gpt-4": "http://127.0.0.1:9"}), ServeSettings())
+        create_app(FakeBundle(), upstreams_for({"gpt-4": "http://127.0.0.1:9"}), ServeSettings(), host="127.0.0.1")

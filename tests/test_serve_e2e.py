@@ -79,8 +79,8 @@ def routing_dataset(directory: Path) -> Path:
 
 
 def build_bundle(work: Path) -> Path:
-    from tests.conftest import compose
     from kronaxis_lab.pipelines import export, train
+    from tests.conftest import compose
 
     data = routing_dataset(work / "dataset")
     cfg = compose("train", ["dataset=saved", f"dataset.path={data}", "classifier=tier_predictor",
@@ -229,7 +229,8 @@ def test_chat_routes_to_two_real_upstreams(bundle, tmp_path):
         "client": {"mode": "chat", "timeout_s": 120, "max_retries": 1}}))
     router = None
     try:
-        router = serve(bundle, tmp_path, "router", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "upstreams=e2e")
+        router = serve(bundle, tmp_path, "router", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "upstreams=e2e",
+                       "settings.expose_data_classes=true")  # the test reads x-kronaxis-data-classes back
         easy, hard = easy_queries(HELD_OUT[0])[:2], hard_queries(HELD_OUT[1])[:2]
         seen = {"smollm2-a": 0, "smollm2-b": 0}
         for text, want in [(t, "smollm2-a") for t in easy] + [(t, "smollm2-b") for t in hard]:

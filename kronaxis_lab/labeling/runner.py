@@ -2,7 +2,9 @@
 
 Per model:
 1. every query becomes a `GenRequest` from the task's prompt template in the model's style (chat for
-   instruct models, completion for base models);
+   instruct models, completion for base models); governance scans it (every string of the request) and a
+   request carrying a data class the model may not receive (fleet `data_classes`) is not sent: its row gets
+   `error = "governance: data class <class> not allowed for <model>"` (no content), whatever the cache holds;
 2. requests whose cache key is already in the `CallCache` are not sent again (resume);
 3. the rest are grouped by generation settings and sorted by prompt length (less padding and fewer wasted
    decoding steps for batching backends), cut into chunks of `chunk_size` and sent with at most
@@ -34,6 +36,7 @@ from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.labeling.cache import CallCache, GroupCommitter, key_maker
 from kronaxis_lab.labeling.prompts import PromptBook
+from kronaxis_lab.serving.governance import ALL, GovernancePolicy, default_detectors, endpoints_from_fleet
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class LabelRunner:
         parallel_models: label all models at once (remote endpoints) instead of one after another
             (local models that share the CPU/GPU).
         correct_threshold: `correct = score ≥ threshold` (per task override in `correct_thresholds`).
+        governance: which model may receive which sensitive data class; None = the router's default detectors
+            (`governance.default_detectors`) with the fleet's per-model `data_classes`.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class LabelRunner:
         correct_threshold: float = 0.5,
         correct_thresholds: Mapping[str, float] | None = None,
         progress: bool = True,
+        governance: GovernancePolicy | None = None,
     ):
         if max_concurrency < 1:
             raise LabelError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -104,6 +110,7 @@ class LabelRunner:
         self.correct_threshold = float(correct_threshold)
         self.correct_thresholds = dict(correct_thresholds or {})
         self.progress = progress
+        self.governance = governance or GovernancePolicy(default_detectors(), endpoints=endpoints_from_fleet(fleet))
         self.backend_counters_: dict[str, dict[str, Any]] = {}
         self.calls_: dict[str, int] = {}
         self.gen_wall_s_: dict[str, float] = {}
@@ -125,7 +132,8 @@ class LabelRunner:
         queries = queries.reset_index(drop=True)
         records = queries.to_dict("records")
         requests = {p.name: [self.prompts.request(q, p.style) for q in records] for p in self.plans}
-        results = asyncio.run(self._generate_all(requests))
+        blocked = self._governance_blocks(requests)
+        results = asyncio.run(self._generate_all(requests, blocked))
         frame = self._frame(queries, requests, results)
         frame = self._grade(queries, frame)
         summary, by_task = self._summaries(frame)
@@ -135,14 +143,44 @@ class LabelRunner:
         return LabelResult(frame, summary, by_task, stats)
 
     # -- generation ------------------------------------------------------------------------------------
-    async def _generate_all(self, requests: dict[str, list[GenRequest]]) -> dict[str, list[GenResult]]:
+    def _governance_blocks(self, requests: dict[str, list[GenRequest]]) -> dict[str, dict[int, GenResult]]:
+        """Per model: row → the governance error of each request it may not receive (each text scanned once)."""
+        gov, out = self.governance, {}
+        found: dict[str, set[str]] = {}
+        for p in self.plans:
+            allow = gov.endpoints.get(p.name, gov.default_allowed)
+            if allow == ALL:
+                out[p.name] = {}
+                continue
+            texts = [_request_text(r) for r in requests[p.name]]
+            new = list(dict.fromkeys(t for t in texts if t not in found))
+            found.update(zip(new, gov.detect(new)))
+            out[p.name] = {i: GenResult(error=f"governance: data class {sorted(bad)[0]} not allowed for {p.name}")
+                           for i, t in enumerate(texts) if (bad := found[t] - allow)}
+            if out[p.name]:
+                log.info("%s: %d request(s) not sent: they carry data classes the model may not receive",
+                         p.name, len(out[p.name]))
+        return out
+
+    async def _generate_all(self, requests: dict[str, list[GenRequest]],
+                            blocked: dict[str, dict[int, GenResult]]) -> dict[str, list[GenResult]]:
         self._committer = GroupCommitter(self.cache)
         if self.parallel_models:
-            done = await asyncio.gather(*(self._generate(p, requests[p.name], i) for i, p in enumerate(self.plans)))
+            done = await asyncio.gather(*(self._generate(p, requests[p.name], i, blocked[p.name])
+                                          for i, p in enumerate(self.plans)))
             return {p.name: r for p, r in zip(self.plans, done)}
-        return {p.name: await self._generate(p, requests[p.name], 0) for p in self.plans}
+        return {p.name: await self._generate(p, requests[p.name], 0, blocked[p.name]) for p in self.plans}
 
-    async def _generate(self, plan: ModelPlan, reqs: list[GenRequest], position: int) -> list[GenResult]:
+    async def _generate(self, plan: ModelPlan, reqs: list[GenRequest], position: int,
+                        blocked: Mapping[int, GenResult]) -> list[GenResult]:
+        """Results per request; `blocked` rows (governance) are never looked up, sent or cached."""
+        if blocked:
+            sent = [i for i in range(len(reqs)) if i not in blocked]
+            res = await self._generate(plan, [reqs[i] for i in sent], position, {}) if sent else []
+            out: list[GenResult] = [blocked[i] if i in blocked else GenResult() for i in range(len(reqs))]
+            for i, r in zip(sent, res):
+                out[i] = r
+            return out
         key = key_maker(plan.name, plan.identity)
         keys = [key(r) for r in reqs]
         cached = self.cache.get_many(list(dict.fromkeys(keys)))
@@ -294,6 +332,23 @@ class LabelRunner:
         """Responses in which the grader found no answer at all (its `last_stats_["no_answer"]`)."""
         return sum(int(st.get("no_answer", 0) or 0) for (m, t), st in self.grader_stats_.items()
                    if m == model and (task is None or t == task))
+
+
+def _request_text(req: GenRequest) -> str:
+    """Every string a request sends (prompt, or each message's content and other string fields)."""
+    if req.prompt is not None:
+        return req.prompt
+    parts: list[str] = []
+    stack: list[Any] = list(reversed(req.messages or []))
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            parts.append(x)
+        elif isinstance(x, Mapping):
+            stack.extend(reversed([v for k, v in x.items() if k != "role"]))
+        elif isinstance(x, (list, tuple)):
+            stack.extend(reversed(x))
+    return "\n".join(parts)
 
 
 def _batch_key(req: GenRequest) -> tuple:

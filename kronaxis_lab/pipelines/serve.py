@@ -4,8 +4,13 @@
     kronaxis-serve bundle=<dir> upstreams=local_cpu                      # chat → configs/upstreams/local_cpu.yaml
     kronaxis-serve bundle=<dir> governance=local_cloud settings.batching.max_batch=128
     KRONAXIS_STICKY_SALT=<secret> kronaxis-serve bundle=<dir> ...        # same salt in every process behind the LB
+    kronaxis-serve bundle=<dir> decision_log.path=<log dir> [decision_log.store_text=true] [shadow.enabled=true]
 
 Without upstreams the router still answers POST /v1/route (decisions) and /v1/chat/completions answers 503.
+Bound to a non-loopback address the router requires client API keys (`Authorization: Bearer <key>`):
+
+    KRONAXIS_API_KEYS=<key>[,<key>...] kronaxis-serve bundle=<dir> server.host=0.0.0.0
+    kronaxis-serve bundle=<dir> server.host=0.0.0.0 settings.auth.keys_file=/etc/kronaxis/keys   # sha256:<hex> lines
 
 The `settings` and `bundle_options` nodes of the composed config are the defaults of `ServeSettings` and
 `BundleOptions` (kronaxis_lab/serving/settings.py, their one source), registered below as the config-store
@@ -25,6 +30,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from kronaxis_lab.export.bundle import BundleError, load_bundle
+from kronaxis_lab.monitoring.settings import DecisionLogSettings, MonitorSettings, ShadowSettings
 from kronaxis_lab.pipelines.common import CONFIG_DIR, build
 from kronaxis_lab.serving.app import create_app
 from kronaxis_lab.serving.components import build_governance, stickiness_factory
@@ -35,6 +41,9 @@ log = logging.getLogger("kronaxis_lab.serve")
 _store = ConfigStore.instance()
 _store.store(group="settings", name="defaults", node=ServeSettings().model_dump())
 _store.store(group="bundle_options", name="defaults", node=BundleOptions().model_dump())
+# the root nodes `decision_log` / `shadow` (kronaxis_lab/monitoring/settings.py): `decision_log.path=<dir>`
+_store.store(group="serve_decision_log", name="defaults", node=DecisionLogSettings().model_dump())
+_store.store(group="serve_shadow", name="defaults", node=ShadowSettings().model_dump())
 
 
 def _node(cfg: DictConfig, key: str) -> dict[str, Any] | None:
@@ -57,8 +66,10 @@ def build_app(cfg: DictConfig) -> FastAPI:
     governance = build_governance(cfg.get("governance"), bundle)
     stickiness = stickiness_factory(cfg.get("stickiness"), bundle)
     settings = ServeSettings.from_config(_node(cfg, "settings"))
+    monitor = MonitorSettings.from_config({k: _node(cfg, k) for k in ("decision_log", "shadow")})
     return create_app(bundle, upstreams, settings, governance=governance, stickiness=stickiness,
-                      policies=_node(cfg, "policies"))
+                      policies=_node(cfg, "policies"), host=str(cfg.server.host),  # host: auth on unless loopback
+                      monitor=monitor)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

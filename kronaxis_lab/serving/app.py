@@ -46,6 +46,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kronaxis_lab.backends.base import estimate_tokens
+from kronaxis_lab.monitoring.live import LiveMonitor
+from kronaxis_lab.monitoring.settings import MonitorSettings
 from kronaxis_lab.serving.auth import CURRENT_KEY_ID, AuthMiddleware, KeyStore, RateLimiter, auth_enabled
 from kronaxis_lab.serving.components import build_governance
 from kronaxis_lab.serving.engine import SURROGATE, Conversation, Decision, PolicySpec, RequestError, RoutingEngine
@@ -237,7 +239,8 @@ class RouterService:
 
     def __init__(self, bundle: RouterBundle, upstreams: Upstreams, settings: ServeSettings,
                  governance: GovernancePolicy, stickiness: Callable[[str], StickinessGuard] | None,
-                 policies: Mapping[str, Any] | None, keys: KeyStore | None = None) -> None:
+                 policies: Mapping[str, Any] | None, keys: KeyStore | None = None,
+                 monitor: MonitorSettings | None = None) -> None:
         self.bundle, self.upstreams, self.settings = bundle, upstreams, settings
         self.keys = keys  # None: no client authentication
         self.metrics = RouterMetrics()
@@ -245,15 +248,20 @@ class RouterService:
         self.stickiness = stickiness is not None and settings.session.enabled
         upstreams.check_fleet(self.engine.names)
         self.available = np.array([n in upstreams for n in self.engine.names], dtype=bool)
+        m = monitor or MonitorSettings()  # decision log + shadow evaluation (kronaxis_lab/monitoring/live.py)
+        self.monitor = LiveMonitor(m.decision_log, m.shadow, bundle, governance, self.engine.classify_text,
+                                   self.metrics.registry, self.shadow_call, upstreams.names)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         # ONNX session + first run before the first request, not during it
         await asyncio.to_thread(self.bundle.warmup, self.settings.variant)
         await self.engine.batcher.start()
+        await self.monitor.start()
         try:
             yield
         finally:
+            await self.monitor.stop()
             await self.engine.batcher.stop()
             await self.upstreams.aclose()
             self.engine.close()
@@ -298,8 +306,10 @@ class RouterService:
         if "requests" in body:
             return await self.route_batch(body, t0)
         spec, forced = self.engine.parse_model(body.get("model"))
-        [d] = await self.engine.decide([self.conversation(body, request)], spec, forced)
+        conv = self.conversation(body, request)
+        [d] = await self.engine.decide([conv], spec, forced)
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        self.monitor.decided([conv], [d], "route", [body], time.perf_counter() - t0)
         self.metrics.requests.labels(endpoint="route", model=d.model or "refused", tier=str(d.tier)).inc()
         expose = self.settings.expose_data_classes
         return JSONResponse(d.to_json(expose), headers=decision_headers(d, expose))
@@ -328,6 +338,9 @@ class RouterService:
                 results[i] = {**d.to_json(self.settings.expose_data_classes),
                               **({"route_token": d.route_token} if d.route_token else {})}
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
+        order = [i for idx in groups.values() for i in idx]
+        self.monitor.decided([convs[i] for i in order], [d for ds in decided for d in ds], "route_batch",
+                             [items[i] for i in order], time.perf_counter() - t0)
         self.metrics.requests.labels(endpoint="route_batch", model="*", tier="*").inc()
         return JSONResponse({"results": results})
 
@@ -346,6 +359,7 @@ class RouterService:
         [d] = await self.engine.decide([conv], spec, forced, available=self.available)
         self.metrics.decision_latency.observe(time.perf_counter() - t0)
         if d.refused:
+            self.monitor.failed(conv, d, 403, body)
             what = f"data of class(es) {d.data_classes}" if self.settings.expose_data_classes else "sensitive data"
             raise RequestError(403, f"refused by governance: the conversation carries {what}, which no available "
                                "endpoint may receive", type="governance_refused", code="data_class_not_allowed")
@@ -373,6 +387,8 @@ class RouterService:
                 self.metrics.fallbacks.labels(kind="model").inc()
                 d.reasons.append(f"fallback: {', '.join(order[:k])} failed -> {model}")
                 d.model, d.tier = model, int(self.engine.tiers[self.engine.names.index(model)])
+            self.monitor.routed(conv, d, body, path == CHAT_PATH and not stream, time.perf_counter() - t_up,
+                                path.strip("/").split("/")[0])
             headers = decision_headers(d, self.settings.expose_data_classes)
             if meta.get("endpoint"):
                 headers["x-kronaxis-endpoint"] = str(meta["endpoint"])
@@ -383,6 +399,7 @@ class RouterService:
                                          headers=headers)
             self.metrics.upstream_latency.labels(model=model).observe(time.perf_counter() - t_up)
             return self.reply(answer, model, conv, headers)
+        self.monitor.failed(conv, d, 400 if rejected == len(order) else 502, body, path.strip("/").split("/")[0])
         if rejected == len(order):
             raise RequestError(400, f"every upstream rejected this request as invalid (models tried: {order}): "
                                "check its parameters", code="upstream_rejected_request")
@@ -406,7 +423,7 @@ class RouterService:
             text = (choice["message"]["content"] if "message" in choice else choice["text"]) or ""  # chat | legacy
         except (KeyError, IndexError, TypeError):
             pass
-        self.account(model, data.get("usage") if isinstance(data, dict) else None, conv, len(text))
+        self.account(model, data.get("usage") if isinstance(data, dict) else None, conv, len(text), text)
         return JSONResponse(data, headers=headers)
 
     async def relay(self, first: bytes, agen: Any, model: str, conv: Conversation) -> AsyncIterator[bytes]:
@@ -422,8 +439,10 @@ class RouterService:
             await agen.aclose()
             self.account(model, meter.usage, conv, meter.chars)
 
-    def account(self, model: str, usage: Mapping[str, Any] | None, conv: Conversation, out_chars: int) -> None:
-        """Cost and savings metrics from the upstream's usage, else estimated from the text lengths."""
+    def account(self, model: str, usage: Mapping[str, Any] | None, conv: Conversation, out_chars: int,
+                text: str | None = None) -> None:
+        """Cost and savings metrics from the upstream's usage, else estimated from the text lengths; the decision
+        log record (and the shadow sample: `text` = the answer, when not streamed)."""
         usage = usage or {}
         n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(n_in, (int, float)):
@@ -432,6 +451,11 @@ class RouterService:
             n_out = estimate_tokens(out_chars)
         cost, premium = self.engine.usage_cost(model, float(n_in), float(n_out))
         self.metrics.record_cost(model, cost, premium, CURRENT_KEY_ID.get())
+        self.monitor.answered(conv, model, n_in, n_out, cost, premium, text)
+
+    async def shadow_call(self, model: str, body: dict[str, Any]) -> Any:
+        """A shadow evaluation's upstream call (monitoring/shadow.py): the model's endpoint chain, not streamed."""
+        return await self.call_upstream(model, body, False, {}, CHAT_PATH)
 
     # -- operations --------------------------------------------------------------------------------
     async def healthz(self) -> dict[str, Any]:
@@ -464,6 +488,7 @@ def create_app(
     policies: Mapping[str, Any] | None = None,
     host: str | None = None,
     environ: Mapping[str, str] | None = None,
+    monitor: MonitorSettings | Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """FastAPI router app over `bundle` (see the module docstring).
 
@@ -479,6 +504,7 @@ def create_app(
             `settings.auth.enabled: null` a loopback host and no configured key mean no authentication, anything
             else (None included: the host is unknown) means every request needs a key (`auth.py`).
         environ: where `settings.auth.keys_env` is read (None = os.environ).
+        monitor: `MonitorSettings` (or its dict: `decision_log`, `shadow`); None = no decision log, no shadow.
     """
     settings = ServeSettings.from_config(settings)
     keys = KeyStore.load(settings.auth, environ)
@@ -493,7 +519,8 @@ def create_app(
         upstreams = Upstreams(**dict(upstreams or {}))
     if governance is None:
         governance = build_governance(None, bundle)
-    svc = RouterService(bundle, upstreams, settings, governance, stickiness, policies, keys)
+    svc = RouterService(bundle, upstreams, settings, governance, stickiness, policies, keys,
+                        MonitorSettings.from_config(monitor))
     app = FastAPI(title="kronaxis router", lifespan=svc.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
     app.state.engine, app.state.metrics, app.state.upstreams, app.state.settings = (

@@ -12,6 +12,10 @@ and hands each caller its rows `(P_rows, extra_rows)`. One ONNX call on 64 texts
 on one text, and the policy (cost model, lock) runs once per batch instead of once per request, so under load
 the router is bounded by inference FLOPs rather than per-call overhead; idle, a request waits ≤ `max_wait_ms`.
 
+A text that makes predict_fn raise fails only its own request: a failed call over several requests is split in
+halves and retried (bisection), so one bad request among k costs about 2·log2(k) extra calls and every other
+request gets the rows it would get alone.
+
 With `enabled=False` every request runs predict_fn + post_fn on its own texts (in the default thread pool).
 """
 
@@ -121,20 +125,41 @@ class InferenceBatcher:
         P = self._predict(texts)
         return P, (None if self.post_fn is None else np.asarray(self.post_fn(P, texts, key)))
 
-    def _batch(self, items: list[_Item]) -> list[tuple[np.ndarray, np.ndarray | None] | BaseException]:
-        """Runs in a worker thread: one predict over every item, then post_fn once per key group."""
+    def _isolated(self, items: list[_Item]) -> list[np.ndarray | BaseException]:
+        """P̂ per item from one predict call; if it raises, each half again, down to the failing items alone."""
         texts = [t for ts, _, _ in items for t in ts]
-        P = self._predict(texts)
-        bounds, start = [], 0
+        try:
+            P = self._predict(texts)
+        except Exception as e:  # noqa: BLE001 - a bad text fails its own request only, found by bisection
+            if len(items) == 1:
+                log.warning("classifier failed on a request of %d text(s): %s", len(texts), type(e).__name__)
+                return [e]
+            mid = len(items) // 2
+            return self._isolated(items[:mid]) + self._isolated(items[mid:])
+        out, start = [], 0
         for ts, _, _ in items:
-            bounds.append((start, start + len(ts)))
+            out.append(P[start:start + len(ts)])
             start += len(ts)
-        out: list[Any] = [(P[a:b], None) for a, b in bounds]
-        if self.post_fn is None:
+        return out
+
+    def _batch(self, items: list[_Item]) -> list[tuple[np.ndarray, np.ndarray | None] | BaseException]:
+        """Runs in a worker thread: one predict over every item (isolating failures), then post_fn once per key
+        group over the items that have P̂."""
+        Ps = self._isolated(items)
+        out: list[Any] = [P if isinstance(P, BaseException) else (P, None) for P in Ps]
+        ok = [k for k, P in enumerate(Ps) if not isinstance(P, BaseException)]
+        if self.post_fn is None or not ok:
             return out
+        P = np.concatenate([Ps[k] for k in ok])
+        texts: list[str] = []
+        bounds, start = {}, 0
+        for k in ok:
+            texts += items[k][0]
+            bounds[k] = (start, start + len(items[k][0]))
+            start += len(items[k][0])
         groups: dict[Hashable, list[int]] = {}
-        for k, (_, key, _) in enumerate(items):
-            groups.setdefault(key, []).append(k)
+        for k in ok:
+            groups.setdefault(items[k][1], []).append(k)
         for key, ks in groups.items():
             rows = np.concatenate([np.arange(*bounds[k]) for k in ks])
             try:
@@ -188,8 +213,9 @@ class InferenceBatcher:
                         fut.set_exception(RuntimeError("inference batcher stopped"))
                 raise
             except Exception as e:  # noqa: BLE001 - every waiting request gets the error, none hangs
-                log.error("classifier batch of %d texts failed: %s: %s", sum(len(t) for t, _, _ in items),
-                          type(e).__name__, e)
+                # the type only: an exception's message may quote the text it failed on
+                log.error("classifier batch of %d texts failed: %s", sum(len(t) for t, _, _ in items),
+                          type(e).__name__)
                 results = [e] * len(items)
             for (_, _, fut), res in zip(items, results):
                 if fut.done():  # the caller went away (client disconnected)

@@ -15,14 +15,20 @@ For n conversations at once (one chat request, or a batch POST /v1/route), `Rout
 4. **governance** (`govern` → `GovernancePolicy.guard`) — data classes found anywhere in the conversation (every
    string it carries) restrict the models that may receive it; a disallowed choice moves to the cheapest allowed
    model of at least its tier, else the strongest allowed one, else the request is refused. Governance runs
-   last: it can veto anything.
+   last: it can veto anything. The scan runs in the engine's scan threads (`off_loop`), never on the event loop.
+
+Requests are checked before they reach any stage: lone surrogates, unknown roles and malformed or out-of-range
+`kronaxis/<policy>:<param>` values are 400s (`RequestError`), never a classifier failure that fails open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -56,6 +62,12 @@ class RequestError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Requests
 # --------------------------------------------------------------------------------------------------
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})  # the OpenAI chat roles
+SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: not Unicode text, no tokenizer or upstream takes it
+# a policy parameter: an ASCII decimal number (float() would also take "1_0", "١", "nan" and "-inf"), or +inf
+PARAM = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?|[+]?inf", re.ASCII)
+
+
 def _content_text(content: Any, where: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -113,8 +125,8 @@ class Conversation:
                 raise RequestError(400, f"{where}[{k}] must be an object with 'role' and 'content'",
                                    param=f"{where}[{k}]")
             role = m.get("role")
-            if not isinstance(role, str) or not role:
-                raise RequestError(400, f"{where}[{k}].role must be a non-empty string", param=f"{where}[{k}].role")
+            if not isinstance(role, str) or role not in ROLES:
+                raise RequestError(400, f"{where}[{k}].role must be one of {sorted(ROLES)}", param=f"{where}[{k}].role")
             text = _content_text(m.get("content"), f"{where}[{k}].content")
             if text.strip():
                 last_text = text
@@ -123,6 +135,9 @@ class Conversation:
         if not last_text:
             raise RequestError(400, f"'{where}' contains no text to route on", param=where)
         full = "\n".join(s for m in messages for k, v in m.items() if k != "role" for s in _strings(v))
+        if SURROGATE.search(full):  # the HTTP layer rejects these earlier; this guards library callers
+            raise RequestError(400, f"'{where}' contains a lone surrogate (not valid Unicode text)", param=where,
+                               code="invalid_unicode")
         return cls(user_turns=turns or [last_text], full_text=full, session_key=session_key or None,
                    route_token=route_token or None)
 
@@ -152,11 +167,12 @@ class Decision:
     route_token: str | None = None
     allowed: np.ndarray | None = None  # (m,) models this request may still go to (cross-model fallback)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, expose_data_classes: bool = False) -> dict[str, Any]:
+        """The decision as JSON; `data_classes` is null unless exposed (`ServeSettings.expose_data_classes`)."""
         param = self.param if self.param is None or math.isfinite(self.param) else str(self.param)  # JSON: "inf"
         return {"model": self.model, "tier": self.tier, "scores": self.scores, "reasons": self.reasons,
-                "policy": self.policy, "param": param, "data_classes": self.data_classes,
-                "refused": self.refused}
+                "policy": self.policy, "param": param,
+                "data_classes": self.data_classes if expose_data_classes else None, "refused": self.refused}
 
 
 class _NeedTiers(Exception):
@@ -225,6 +241,15 @@ class RoutingEngine:
         # the worker thread runs classifier + policy per micro-batch (key = the request's operating point)
         self.batcher = InferenceBatcher(self.classify, self.choose, b.max_batch, b.max_wait_ms, b.enabled,
                                         workers=b.workers, on_batch=metrics.batch_size.observe if metrics else None)
+        # body parsing and the governance scan run here, never on the event loop (/healthz stays responsive)
+        self.scan_pool = ThreadPoolExecutor(settings.scan_threads, thread_name_prefix="kronaxis-scan")
+
+    async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the scan threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.scan_pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self.scan_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- request interpretation --------------------------------------------------------------------
     def parse_model(self, model: Any) -> tuple[PolicySpec | None, int | None]:
@@ -259,13 +284,28 @@ class RoutingEngine:
                 return PolicySpec(name, float(self.policy_param))
             raise RequestError(400, f"model {model!r} needs an operating parameter: "
                                f"'{s.policy_prefix}{name}:<number>'", param="model")
-        try:
-            value = float(param)
-        except ValueError:
-            raise RequestError(400, f"model {model!r}: parameter {param!r} is not a number", param="model") from None
-        if math.isnan(value):
-            raise RequestError(400, f"model {model!r}: parameter is NaN", param="model")
+        value = float(param) if len(param) <= 32 and PARAM.fullmatch(param) else None
+        if value is None or (math.isinf(value) and "inf" not in param):  # 1e999 overflows to inf: not "inf"
+            raise RequestError(400, f"model {model!r}: the parameter must be a decimal number (ASCII digits, "
+                               "e.g. 0.5, 2e-3) or inf", param="model")
+        self._check_param(name, value, model)
         return PolicySpec(name, value)
+
+    def _check_param(self, name: str, value: float, model: str) -> None:
+        """400 unless the policy accepts `value`: one choice on a dummy row, so an out-of-range parameter is the
+        client's error here instead of a classifier-time failure (which would fail open)."""
+        if self.policy_configs.get(name) is None:
+            return  # the bundle's own policy without a config: bundle.decide validates
+        m = len(self.names)
+        try:
+            idx = self._policy(name).choose(np.full((1, m), 0.5), np.tile(self.price_in + self.price_out, (1, 1)),
+                                            [value])
+            np.asarray(idx, dtype=np.int64)
+        except RequestError:
+            raise
+        except (ValueError, TypeError, ArithmeticError):
+            raise RequestError(400, f"model {model!r}: parameter {value:g} is out of the range policy {name!r} "
+                               "accepts", param="model") from None
 
     def classify_text(self, turns: Sequence[str]) -> str:
         """Last user turn, then up to `context_turns` earlier ones (most recent first), bounded in length."""
@@ -339,7 +379,7 @@ class RoutingEngine:
         """Classifier (or policy) failure: the premium model for every row, or 503 (`settings.classifier_failure`)."""
         if self.metrics:
             self.metrics.classifier_failures.inc()
-        log.error("classifier failed: %s: %s", type(error).__name__, error)
+        log.error("classifier failed: %s", type(error).__name__)  # not the message: it may quote the text
         if self.settings.classifier_failure == "error":
             raise RequestError(503, "the routing classifier is unavailable", type="service_unavailable",
                                code="classifier_unavailable") from None
@@ -420,18 +460,19 @@ class RoutingEngine:
         """`GovernancePolicy.guard` over every string of each conversation; the final decisions."""
         args = ([c.full_text for c in convs], draft.pref, self.names, self.tiers, self.price_in + self.price_out,
                 None if available is None else np.asarray(available, dtype=bool))
-        # a large batch is scanned off the event loop, so other requests keep flowing meanwhile
-        g = await asyncio.to_thread(self.governance.guard, *args) if len(convs) > 16 else self.governance.guard(*args)
+        # scanned off the event loop (whatever the size), so other requests and /healthz keep flowing meanwhile
+        g = await self.off_loop(self.governance.guard, *args)
         return [self._decision(i, draft, g) for i in range(len(convs))]
 
     def _decision(self, i: int, draft: _Draft, g: GovernanceDecision) -> Decision:
         p, chosen, classes = int(draft.pref[i]), g.chosen[i], sorted(g.found[i])
         reasons = draft.reasons[i]
+        shown = classes if self.settings.expose_data_classes else "sensitive data"  # what a client may learn
         if classes:
-            reasons.append(f"governance: found {classes}")
+            reasons.append(f"governance: found {shown}")
         if chosen != p:
             blocked = not g.allowed[i, p]  # else: p has no upstream
-            why = (f"governance: {self.names[p]} may not receive {classes}" if blocked
+            why = (f"governance: {self.names[p]} may not receive {shown}" if blocked
                    else f"no upstream configured for {self.names[p]}")
             reasons.append(f"{why}; no allowed model available: refused" if chosen is None
                            else f"{why} -> {self.names[chosen]}")

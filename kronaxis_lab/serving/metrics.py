@@ -50,9 +50,19 @@ class RouterMetrics:
                                registry=r)
         self.classifier_failures = Counter("kronaxis_classifier_failures",
                                            "Classifier calls that failed (requests then fail open or 503)", registry=r)
+        # per router API key, labelled by key id (first 8 hex digits of the key's sha256), never the key
+        self.key_requests = Counter("kronaxis_key_requests", "Authenticated requests by API key id and HTTP status",
+                                    ["key_id", "status"], registry=r)
+        self.key_cost_usd = Counter("kronaxis_key_cost_usd", "Estimated cost of routed completions by API key id",
+                                    ["key_id"], registry=r)
+        self.auth_refusals = Counter("kronaxis_auth_refusals", "Requests refused by authentication (missing_key, "
+                                     "invalid_key: 401) or the per-key rate limit (rate_limited: 429)", ["reason"],
+                                     registry=r)
 
-    def record_cost(self, model: str, cost: float, premium_cost: float) -> None:
+    def record_cost(self, model: str, cost: float, premium_cost: float, key_id: str | None = None) -> None:
         self.cost_usd.labels(model=model).inc(max(cost, 0.0))
+        if key_id is not None:
+            self.key_cost_usd.labels(key_id=key_id).inc(max(cost, 0.0))
         self.premium_cost_usd.inc(max(premium_cost, 0.0))
         self.saved_usd.inc(premium_cost - cost)
 

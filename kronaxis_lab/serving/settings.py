@@ -47,6 +47,28 @@ class SessionSettings(_Strict):
     scheme: Literal["all_turns", "first_turn"] = "all_turns"  # floor = max over all earlier turns | first turn
 
 
+class RateLimitSettings(_Strict):
+    """Per-API-key token bucket: `burst` requests at once, refilled at `requests_per_minute` (429 + Retry-After)."""
+
+    requests_per_minute: float | None = Field(600.0, gt=0)  # per key; null = unlimited
+    burst: int = Field(60, ge=1)
+
+
+class AuthSettings(_Strict):
+    """Client authentication: `Authorization: Bearer <router API key>` (what the openai SDK sends).
+
+    Keys come from the environment variable `keys_env` (comma/whitespace separated) and/or `keys_file` (one per
+    line, `#` comments); either may hold a plain key (hashed at load, at least 20 characters) or `sha256:<hex>`
+    (the hash only: `kronaxis_lab.serving.auth.hash_key`). Only sha256 digests are kept in memory.
+    """
+
+    enabled: bool | None = None  # null = on unless the server binds a loopback address (127.0.0.1, ::1, localhost)
+    keys_env: str | None = "KRONAXIS_API_KEYS"
+    keys_file: str | None = None
+    protect_metrics: bool = True  # /metrics needs a key too (it shows traffic and spend per key id)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+
+
 class ClassifyTextSettings(_Strict):
     """What the classifier reads: the last user turn (as in training), then the previous user turns as context.
 
@@ -89,6 +111,11 @@ class ServeSettings(_Strict):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)
     classify: ClassifyTextSettings = Field(default_factory=ClassifyTextSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    # the data classes governance found, in the x-kronaxis-data-classes header, /v1/route's `data_classes`, the
+    # reasons and 403 messages: off, because it tells a client exactly what tripped the detectors (bypass tuning)
+    expose_data_classes: bool = False
+    scan_threads: int = Field(2, ge=1)  # threads that parse bodies and run the governance scan off the event loop
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | "ServeSettings" | None) -> "ServeSettings":

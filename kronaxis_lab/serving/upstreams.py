@@ -15,16 +15,43 @@ with backoff and Retry-After, API-key rotation, fallback to the next endpoint, k
 
 Governance treats every endpoint of one model's chain as that model: put only equally trusted endpoints in one
 chain (a cross-model fallback in the router re-checks governance for the other model).
+
+An upstream's error body can echo the request (content, card numbers, ...): the router's backends log and report
+only `error_summary` of it — its length and the JSON error's `type` / `code` identifiers, never its text.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+import re
 from typing import Any, Mapping
 
 from kronaxis_lab.serving.settings import ServeConfigError
 
 log = logging.getLogger(__name__)
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,39}", re.ASCII)  # an error type/code name, not free text
+
+
+def error_summary(raw: bytes) -> str:
+    """What may be logged of an upstream's error body: its size and its JSON error's `type` and `code` when they
+    are identifiers (e.g. `invalid_request_error`, `context_length_exceeded`) or small integers."""
+    fields = []
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        obj = None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    err = err if isinstance(err, dict) else obj if isinstance(obj, dict) else {}
+    for name in ("type", "code"):
+        v = err.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1000:
+            fields.append(f"{name}={v}")
+        elif isinstance(v, str) and _IDENT.fullmatch(v):
+            fields.append(f"{name}={v}")
+    return f"[{len(raw)}-byte body{', ' if fields else ''}{', '.join(fields)}; text not logged]"
 
 
 class Upstreams:
@@ -46,12 +73,13 @@ class Upstreams:
         from hydra.utils import get_class
 
         cls = get_class(backend_target)
+        redact = {"error_text": error_summary} if "error_text" in inspect.signature(cls).parameters else {}
         self.backends: dict[str, Any] = {}
         for name, spec in (models or {}).items():
             spec = dict(spec or {})
             if not spec.get("endpoints"):
                 raise ServeConfigError(f"upstreams.models.{name}: 'endpoints' is required (a non-empty list)")
-            kwargs = {**dict(client or {}), **spec}
+            kwargs = {**redact, **dict(client or {}), **spec}
             try:
                 self.backends[str(name)] = cls(model=str(name), **kwargs)
             except (TypeError, ValueError) as e:
