@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/governance.py [--sizes 1000,10000,100000,1000000] [--repeat 20] \
         [--write benchmarks/governance.md]
 
-Three tables, new detectors (configs/governance/strict.yaml through `BodyScanner`, which scans the whole
+Three tables, new detectors (configs/governance/default.yaml through `BodyScanner`, which scans the whole
 forwarded body) next to the old ones (configs/governance/default.yaml on the message strings only, as the
 engine scanned before issue 11):
 
@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kronaxis_lab.serving.detectors import BodyScanner, body_strings, strict_detectors, warm_up
-from kronaxis_lab.serving.governance import GovernancePolicy, default_detectors
+from kronaxis_lab.serving.detectors import BodyScanner, body_strings, default_detectors, warm_up
+from kronaxis_lab.serving.governance import GovernancePolicy, legacy_detectors
 
 ROOT = Path(__file__).resolve().parents[1]
 ADVERSARIAL = ROOT / "tests" / "fixtures" / "governance_adversarial.jsonl"
@@ -88,7 +88,7 @@ def recall_table(rows: list[dict], new: list[set[str]], old: list[set[str]],
         if r["class"] != "benign":
             c = r["class"]
             by[c] = [by[c][0] + 1, by[c][1] + (c in n), by[c][2] + (c in o), by[c][3] + a, by[c][4] + b]
-    lines = ["| class | rows | new (strict + BodyScanner) | old (default, messages only) | detect-secrets, all "
+    lines = ["| class | rows | new (default + BodyScanner) | old (legacy, messages only) | detect-secrets, all "
              "plugins | detect-secrets, no entropy plugins |", "|---|---|---|---|---|---|"]
     tot = [0, 0, 0]
     for c, (k, n, o, a, b) in sorted(by.items()):
@@ -221,8 +221,8 @@ def main() -> None:
     ap.add_argument("--write", type=Path, help="append the tables to this markdown file")
     args = ap.parse_args()
     warm_up()
-    scanner = BodyScanner(strict_detectors())
-    old = GovernancePolicy(default_detectors())
+    scanner = BodyScanner(default_detectors())
+    old = GovernancePolicy(legacy_detectors())
 
     rows = [json.loads(line) for line in ADVERSARIAL.open(encoding="utf-8")]
     bodies = [r["body"] for r in rows]

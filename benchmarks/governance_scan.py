@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from kronaxis_lab.serving.governance import GovernancePolicy, default_detectors
+from kronaxis_lab.serving.detectors import default_detectors
+from kronaxis_lab.serving.governance import GovernancePolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "fixtures" / "governance_corpus.jsonl"

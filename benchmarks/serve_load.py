@@ -2,7 +2,7 @@
 upstream processes, N requests from C keep-alive connections, /healthz probed every 50 ms from another process.
 
     .venv/bin/python benchmarks/serve_load.py [--bundle <dir>] [--requests 10000] [--concurrency 64]
-        [--max-seconds 900] [--detectors default|strict] [--write benchmarks/serve_load.md]
+        [--max-seconds 900] [--detectors default] [--write benchmarks/serve_load.md]
 
 Without `--bundle` the e2e test's bundle is built first (`tests/test_serve_e2e.py::build_bundle`: a 1-layer
 MiniLM tier predictor over two models, `smollm2-a` (tier 0, data_classes ["*"]) and `smollm2-b` (tier 1,
@@ -468,7 +468,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=900.0)
     ap.add_argument("--probe-ms", type=float, default=50.0)
     ap.add_argument("--baseline-seconds", type=float, default=10.0, help="/healthz probed on the idle router first")
-    ap.add_argument("--detectors", choices=["default", "strict"], default="default")
+    ap.add_argument("--detectors", choices=["default"], default="default")  # configs/governance/<name>.yaml
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kinds", help=f"only these request kinds (comma-separated) of {sorted(EXPECTED)}")
     ap.add_argument("--workdir", default="outputs/serve_load")

@@ -37,7 +37,7 @@ from kronaxis_lab.serving.detectors import (
     is_combining_mark,
     map_char,
     normalise,
-    strict_detectors,
+    default_detectors,
 )
 from kronaxis_lab.serving.governance import GovernanceConfigError, GovernancePolicy, luhn_valid
 from tests.conftest import CONFIGS, FIXTURES, ROOT
@@ -60,7 +60,7 @@ def _load_script():
 
 @pytest.fixture(scope="module")
 def scanner() -> BodyScanner:
-    return BodyScanner(strict_detectors())
+    return BodyScanner(default_detectors())
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +437,7 @@ def _unbounded_repetition(pattern: str) -> bool:
 
 
 def test_every_pattern_is_re2_with_bounded_repetition():
-    strict_detectors()  # the instance-level patterns (keyword lists) register on construction
+    default_detectors()  # the instance-level patterns (keyword lists) register on construction
     assert len(PATTERNS) >= 20
     assert [p for p in PATTERNS if _unbounded_repetition(p)] == []
     assert _unbounded_repetition(r"a+") and _unbounded_repetition(r"x{2,}") and not _unbounded_repetition(r"[+*]{1,3}")
@@ -472,10 +472,10 @@ def test_config_errors():
         PhoneDetector(regions=["XX"])
 
 
-def test_strict_config_is_strict_detectors():
-    pol = instantiate(OmegaConf.load(CONFIGS / "governance" / "strict.yaml"))
+def test_default_config_is_default_detectors():
+    pol = instantiate(OmegaConf.load(CONFIGS / "governance" / "default.yaml"))
     assert isinstance(pol, GovernancePolicy)
-    ref = strict_detectors()
+    ref = default_detectors()
     assert [type(d) for d in pol.detectors] == [type(d) for d in ref]
     for a, b in zip(pol.detectors, ref):
         plain = lambda d: {k: v for k, v in vars(d).items() if not k.startswith("_")}  # noqa: E731

@@ -36,7 +36,8 @@ from kronaxis_lab.backends.base import Backend, GenRequest, GenResult
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.labeling.cache import CallCache, GroupCommitter, key_maker
 from kronaxis_lab.labeling.prompts import PromptBook
-from kronaxis_lab.serving.governance import ALL, GovernancePolicy, default_detectors, endpoints_from_fleet
+from kronaxis_lab.serving.detectors import default_detectors
+from kronaxis_lab.serving.governance import ALL, GovernancePolicy, endpoints_from_fleet
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class LabelRunner:
             (local models that share the CPU/GPU).
         correct_threshold: `correct = score ≥ threshold` (per task override in `correct_thresholds`).
         governance: which model may receive which sensitive data class; None = the router's default detectors
-            (`governance.default_detectors`) with the fleet's per-model `data_classes`.
+            (`detectors.default_detectors`) with the fleet's per-model `data_classes`.
     """
 
     def __init__(

@@ -50,6 +50,7 @@ from kronaxis_lab.monitoring.live import LiveMonitor
 from kronaxis_lab.monitoring.settings import MonitorSettings
 from kronaxis_lab.serving.auth import CURRENT_KEY_ID, AuthMiddleware, KeyStore, RateLimiter, auth_enabled
 from kronaxis_lab.serving.components import build_governance
+from kronaxis_lab.serving.detectors import warm_up as detectors_warm_up
 from kronaxis_lab.serving.engine import SURROGATE, Conversation, Decision, PolicySpec, RequestError, RoutingEngine
 from kronaxis_lab.serving.governance import GovernancePolicy
 from kronaxis_lab.serving.metrics import RouterMetrics
@@ -256,6 +257,7 @@ class RouterService:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         # ONNX session + first run before the first request, not during it
         await asyncio.to_thread(self.bundle.warmup, self.settings.variant)
+        await asyncio.to_thread(detectors_warm_up)  # Unicode tables + phone metadata, off the first request
         await self.engine.batcher.start()
         await self.monitor.start()
         try:
@@ -296,8 +298,9 @@ class RouterService:
         token = request.headers.get(s.session.token_header) if request is not None else None
         if token is None and isinstance(body.get("route_token"), str):
             token = body["route_token"]
+        forwarded = {k: v for k, v in body.items() if k not in ("model", "route_token")}
         return Conversation.from_messages(body.get("messages"), s.limits.max_messages, where,
-                                          session_key(request, body, s.session), token)
+                                          session_key(request, body, s.session), token, body=forwarded)
 
     # -- POST /v1/route: decision only -------------------------------------------------------------
     async def route(self, request: Request) -> Any:

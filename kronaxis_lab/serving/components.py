@@ -2,7 +2,7 @@
 
 Governance (detectors + model → allowed data classes) comes from the first that is set: the serve config when it
 names endpoints (e.g. `governance=local_cloud`), the bundle's router.json `governance`, or the serve config's
-detectors (without a config: `governance.default_detectors()`) with endpoints from the fleet's per-model
+detectors (without a config: `detectors.default_detectors()`) with endpoints from the fleet's per-model
 `data_classes`. Nothing here reads the repository's configs/: the pipeline composes them and passes them in.
 
 Stickiness salts are derived as `<salt>|<bundle id>|<operating point>`: every process serving the same bundle
@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kronaxis_lab.serving.governance import GovernancePolicy, default_detectors, endpoints_from_fleet
+from kronaxis_lab.serving.detectors import default_detectors
+from kronaxis_lab.serving.governance import GovernancePolicy, endpoints_from_fleet
 from kronaxis_lab.serving.protocols import RouterBundle
 from kronaxis_lab.serving.settings import ServeConfigError
 from kronaxis_lab.serving.stickiness import StickinessGuard

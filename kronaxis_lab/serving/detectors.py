@@ -1,7 +1,7 @@
 """Sensitive-data detection that format tricks cannot bypass, in linear time (issue 11).
 
     from kronaxis_lab.serving.detectors import BodyScanner
-    scanner = BodyScanner(policy)        # a GovernancePolicy (configs/governance/strict.yaml) or its detectors
+    scanner = BodyScanner(policy)        # a GovernancePolicy (configs/governance/default.yaml) or its detectors
     scanner.classes(body)                # {"credit_card", "email"}: every class found in a request body
     scanner.count(body)                  # {"credit_card": 1, "email": 2} (safe to log: no values)
 
@@ -1535,7 +1535,8 @@ def warm_up() -> None:
         phonenumbers.is_valid_number(phonenumbers.example_number(r))
 
 
-def strict_detectors() -> list[Detector]:
-    """The detectors of configs/governance/strict.yaml in its priority order, with their default settings."""
+def default_detectors() -> list[Detector]:
+    """The detectors of configs/governance/default.yaml in its priority order, with their default settings: the
+    policy a router (or the label runner) gets when it is given no governance config."""
     return [SecretDetector(), IbanDetector(), CardDetector(), SsnDetector(), NinoDetector(), EmailDetector(),
             PhoneDetector()]

@@ -37,6 +37,7 @@ from hydra.utils import instantiate
 
 from kronaxis_lab.routing.policies import Policy
 from kronaxis_lab.serving.batching import InferenceBatcher
+from kronaxis_lab.serving.detectors import BodyScanner
 from kronaxis_lab.serving.governance import GovernanceDecision, GovernancePolicy
 from kronaxis_lab.serving.metrics import RouterMetrics
 from kronaxis_lab.serving.protocols import RouterBundle
@@ -105,13 +106,15 @@ class Conversation:
     """One request's conversation. `user_turns` are never empty (see `from_messages`)."""
 
     user_turns: list[str]
-    full_text: str  # every string of every message, for the governance scan
+    full_text: str  # every string of every message
     session_key: str | None = None
     route_token: str | None = None
+    body: Any = None  # what is forwarded (every field but `model`): the governance scan reads all of it
 
     @classmethod
     def from_messages(cls, messages: Any, max_messages: int, where: str = "messages",
-                      session_key: str | None = None, route_token: str | None = None) -> "Conversation":
+                      session_key: str | None = None, route_token: str | None = None,
+                      body: Any = None) -> "Conversation":
         if messages is None:
             raise RequestError(400, f"'{where}' is required", param=where)
         if not isinstance(messages, list) or not messages:
@@ -139,7 +142,7 @@ class Conversation:
             raise RequestError(400, f"'{where}' contains a lone surrogate (not valid Unicode text)", param=where,
                                code="invalid_unicode")
         return cls(user_turns=turns or [last_text], full_text=full, session_key=session_key or None,
-                   route_token=route_token or None)
+                   route_token=route_token or None, body=body)
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ class RoutingEngine:
                  stickiness_factory: Callable[[str], StickinessGuard] | None, settings: ServeSettings,
                  policies: Mapping[str, Any] | None = None, metrics: RouterMetrics | None = None) -> None:
         self.bundle, self.governance, self.settings, self.metrics = bundle, governance, settings, metrics
+        self.scanner = BodyScanner(governance)
         self.names: list[str] = [str(n) for n in bundle.model_names]
         fleet = bundle.fleet
         missing = [n for n in self.names if n not in fleet.names]
@@ -457,11 +461,14 @@ class RoutingEngine:
     # -- 4: governance -----------------------------------------------------------------------------
     async def govern(self, convs: Sequence[Conversation], draft: _Draft,
                      available: np.ndarray | None) -> list[Decision]:
-        """`GovernancePolicy.guard` over every string of each conversation; the final decisions."""
+        """`GovernancePolicy.guard` over each request's whole forwarded body (every key, string and number,
+        values split across fields: `detectors.BodyScanner`); the final decisions."""
+        bodies = [c.full_text if c.body is None else c.body for c in convs]
+        counts = await self.off_loop(self.scanner.count_many, bodies)
         args = ([c.full_text for c in convs], draft.pref, self.names, self.tiers, self.price_in + self.price_out,
                 None if available is None else np.asarray(available, dtype=bool))
         # scanned off the event loop (whatever the size), so other requests and /healthz keep flowing meanwhile
-        g = await self.off_loop(self.governance.guard, *args)
+        g = await self.off_loop(functools.partial(self.governance.guard, counts=counts), *args)
         return [self._decision(i, draft, g) for i in range(len(convs))]
 
     def _decision(self, i: int, draft: _Draft, g: GovernanceDecision) -> Decision:
