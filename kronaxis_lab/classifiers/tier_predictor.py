@@ -61,6 +61,9 @@ from kronaxis_lab.classifiers.base import (
     to_plain,
 )
 from kronaxis_lab.classifiers.heads import HEADS, cumulative_targets, logits_to_proba, order_by_cost
+from kronaxis_lab.export.formats import save_tokenizer
+from kronaxis_lab.export.onnx_export import MIN_OPSET, export_onnx
+from kronaxis_lab.export.schema import ExportError
 from kronaxis_lab.local_models import resolve_model
 
 # HEADS / cumulative_targets / logits_to_proba live in heads.py (numpy only); re-exported for older importers
@@ -244,7 +247,9 @@ class TierPredictor(Classifier):
         out_dir = tmp = tempfile.mkdtemp(prefix="tier_predictor_", dir=self.output_dir)
         try:
             callbacks = []
-            extra: dict[str, Any] = {"output_dir": out_dir, "report_to": [], "disable_tqdm": not self.show_progress,
+            # report_to: none unless training_args asks (logger=tensorboard sets it); never transformers' autodetect
+            extra: dict[str, Any] = {"output_dir": out_dir, "report_to": args_dict.get("report_to") or [],
+                                     "disable_tqdm": not self.show_progress,
                                      "use_cpu": not _cuda_wanted(self.device), "label_names": ["labels"],
                                      "save_only_model": True, "save_total_limit": 1}
             if eval_ds is None:
@@ -379,6 +384,28 @@ class TierPredictor(Classifier):
         self.model_, self.tokenizer_ = model.eval().requires_grad_(False), tokenizer
         log = directory / TRAIN_LOG_FILE
         self.train_log_ = json.loads(log.read_text()) if log.is_file() else []
+
+    # -- export ------------------------------------------------------------------------------------------
+    def export_runtime(self, directory: Path, *, opset: int = MIN_OPSET, max_length: int | None = None,
+                       sample_texts: Sequence[str] | None = None, **_: Any) -> dict[str, Any]:
+        """This network as a bundle node (`kronaxis_lab.export.runtimes.OnnxTransformerRuntime`): the logits
+        graph model.onnx and tokenizer/ in `directory`. `max_length` (tokens kept; None = this predictor's)
+        becomes this predictor's too, so a parity check against it truncates like the bundle."""
+        if not hasattr(self, "model_"):
+            raise ExportError(f"this {type(self).__name__} is not fitted: nothing to export")
+        if max_length:
+            max_pos = getattr(self.model_.config, "max_position_embeddings", None)
+            if max_pos and int(max_length) > max_pos:
+                raise ExportError(f"max_length {max_length} exceeds the model's {max_pos} positions")
+            self.max_length = int(max_length)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tok = save_tokenizer(self.tokenizer_, directory / "tokenizer")
+        info = export_onnx(self, directory / "model.onnx", opset=opset, sample_texts=sample_texts)
+        return {"kind": "kronaxis_lab.export.runtimes.OnnxTransformerRuntime", "label_order": list(self.model_names_),
+                "head": self.head_, "tier_order": [self.model_names_[k] for k in self.tier_order_],
+                "max_length": int(self.max_length), "tokenizer": tok, "onnx": info,
+                "files": {"onnx_fp32": "model.onnx", "tokenizer": "tokenizer"}}
 
 
 # -- helpers ------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from kronaxis_lab.data.store import DataError
 from kronaxis_lab.data.tables import RoutingDataset, TableError
 from kronaxis_lab.labeling.cache import CallCache
 from kronaxis_lab.labeling.prompts import PromptError
+from kronaxis_lab.labeling.ray_runner import RayBackend
 from kronaxis_lab.labeling.runner import LabelError, LabelResult, LabelRunner, ModelPlan
 from kronaxis_lab.pipelines.common import (
     CONFIG_DIR,
@@ -43,6 +44,7 @@ from kronaxis_lab.pipelines.common import (
     output_dir,
     require_kind,
 )
+from kronaxis_lab.tracking import tracked
 
 log = logging.getLogger("kronaxis_lab.label")
 
@@ -91,6 +93,7 @@ def make_plans(cfg: DictConfig, fleet: Fleet) -> list[ModelPlan]:
     if unknown:
         raise LabelError(f"models={unknown} are not in the fleet {fleet.names}")
     ignore = set(cfg.cache.get("ignore_backend_keys") or [])
+    ray_opts = OmegaConf.to_container(cfg.runner.ray, resolve=True) if cfg.runner.get("ray") else {}
     plans = []
     for spec in fleet.models:
         if only and spec.name not in only:
@@ -101,6 +104,8 @@ def make_plans(cfg: DictConfig, fleet: Fleet) -> list[ModelPlan]:
         identity = strip_keys(OmegaConf.to_container(node, resolve=True), ignore)
 
         def factory(node: DictConfig = node, name: str = spec.name) -> Any:
+            if ray_opts:  # runner.ray: the same backend config, one engine per Ray replica (same cache identity)
+                return RayBackend(name, node, **ray_opts)
             log.info("Instantiating backend for '%s' <%s>", name, node.get("_target_"))
             return instantiate(node, model=name)
 
@@ -199,7 +204,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="label")
 def main(cfg: DictConfig) -> None:
     with one_line_errors("kronaxis-label", *USER_ERRORS):  # a bad dataset/config: one clear line, no traceback
-        res = run(cfg)
+        res = tracked("label", run, cfg)
     print(f"outcomes: {res['paths']['outcomes']}\nsummary: {res['paths']['summary']}")
 
 

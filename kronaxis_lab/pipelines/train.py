@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from kronaxis_lab.classifiers.calibration import val_calibration_metrics, with_calibration
 from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.labels import make_targets
+from kronaxis_lab.tracking import is_main_process, tracked
 
 log = logging.getLogger("kronaxis_lab.train")
 
@@ -64,6 +65,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, model_costs=costs)
     train_s = time.perf_counter() - t0
+    if not is_main_process():  # DDP (torchrun): every rank holds the same weights; rank 0 saves and evaluates
+        return {"classifier_dir": str(out / "classifier"), "metrics": {"train_seconds": train_s}, "classifier": clf}
     clf_dir = clf.save_pretrained(out / "classifier")
     info = {"dataset": ds.name, "dataset_config": OmegaConf.to_container(cfg.dataset, resolve=True),
             "train_split": cfg.train_split, "val_split": cfg.val_split, "targets": tk, "fleet": ds.fleet.to_dict(),
@@ -87,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     with one_line_errors("kronaxis-train", ConfigKindError):  # e.g. dataset=gsm8k (a question set): one line
-        res = run(cfg)
+        res = tracked("train", run, cfg)
     m = res["metrics"]
     print(json.dumps({k: v for k, v in m.items() if k not in ("val", "calibration")}
                      | {"val_mean_auc": m.get("val", {}).get("mean_auc")}, indent=2))
