@@ -152,10 +152,13 @@ def _edit_meta(d: Path, **changes) -> None:
 def test_bundle_contents_and_parity(bundle_dir, meta):
     for f in ("model.onnx", "model.int8.onnx", "tokenizer/tokenizer.json", "router.json", "metrics.json", "README.md"):
         assert (bundle_dir / f).is_file(), f
-    assert meta["kind"] == "kronaxis-router-bundle" and meta["format_version"] == 1
+    assert meta["kind"] == "kronaxis-router-bundle" and meta["format_version"] == 2
     assert meta["label_order"] == ["weak", "strong"] and list(meta["fleet"]["models"]) == ["weak", "strong"]
-    assert meta["premium"] == "strong" and meta["head"] == "multilabel" and meta["max_length"] == 32
-    assert meta["onnx"]["opset"] >= 17 and meta["onnx"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    node = meta["classifier"]
+    assert node["kind"] == "kronaxis_lab.export.runtimes.OnnxTransformerRuntime" and node["label_order"] == ["weak", "strong"]
+    assert meta["premium"] == "strong" and node["head"] == "multilabel" and node["max_length"] == 32
+    assert node["onnx"]["opset"] >= 17 and node["onnx"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert node["files"] == {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx", "tokenizer": "tokenizer"}
     assert set(meta["sha256"]) >= {"model.onnx", "model.int8.onnx", "tokenizer/tokenizer.json", "metrics.json",
                                    "README.md"}
     # governance endpoints come from the fleet's data_classes when the config names none
@@ -259,11 +262,12 @@ def test_decide_with_a_per_task_policy(bundle_dir, meta):
 def test_ordinal_post_processing_matches_torch(bundle_dir, meta, clf, dataset_dir):
     """The bundle's numpy post-processing: an ordinal head takes the running max of σ(z) along the tier order."""
     from kronaxis_lab.classifiers.tier_predictor import logits_to_proba
-    from kronaxis_lab.export.bundle import OnnxClassifier
+    from kronaxis_lab.export.runtimes import OnnxTransformerRuntime
 
     texts = _held_out(dataset_dir)
-    m = {**meta, "head": "ordinal", "tier_order": ["strong", "weak"]}  # reversed on purpose: visible running max
-    rt = OnnxClassifier(bundle_dir, m)
+    # reversed on purpose: visible running max
+    m = {**meta["classifier"], "head": "ordinal", "tier_order": ["strong", "weak"]}
+    rt = OnnxTransformerRuntime(bundle_dir, m)
     want = logits_to_proba(clf.predict_logits(texts), "ordinal", [1, 0])
     got = rt.predict_proba(texts, "fp32")
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -277,11 +281,11 @@ def test_model_card_is_filled_from_the_numbers(bundle_dir, meta):
     for section in ("## Data", "## Fleet", "## Metrics", "## Operating point", "## Export parity", "## Intended use",
                     "## Limits"):
         assert section in card
-    fp32 = re.search(r"\*\*Parity \(fp32 vs PyTorch\):\*\* max \|Δp\| = ([0-9.e+-]+), .*decision agreement ([0-9.]+)%",
+    fp32 = re.search(r"\*\*Parity \(fp32 vs the trained classifier\):\*\* max \|Δp\| = ([0-9.e+-]+), .*decision agreement ([0-9.]+)%",
                      card)
     assert fp32 and float(fp32.group(1)) == pytest.approx(meta["parity"]["fp32"]["max_abs_diff"], rel=1e-2)
     assert float(fp32.group(2)) == pytest.approx(100 * meta["parity"]["fp32"]["decision_agreement"], abs=0.01)
-    int8 = re.search(r"\*\*Parity \(int8 vs PyTorch\):\*\* max \|Δp\| = ([0-9.e+-]+)", card)
+    int8 = re.search(r"\*\*Parity \(int8 vs the trained classifier\):\*\* max \|Δp\| = ([0-9.e+-]+)", card)
     assert int8 and float(int8.group(1)) == pytest.approx(meta["parity"]["int8"]["max_abs_diff"], rel=1e-2)
     assert re.search(r"\*\*Default variant:\*\* int8", card)
     assert re.search(r"\*\*int8 check:\*\* agreement ≥ 90\.0% required → passed", card)
@@ -314,10 +318,10 @@ def test_invalid_bundles_give_clear_errors(bundle_dir, tmp_path):
         load_bundle(tmp_path / "empty")
 
     d = _copy(bundle_dir, tmp_path)
-    _edit_meta(d, format_version=2)
-    with pytest.raises(BundleError, match="format_version 2 is not supported"):
+    _edit_meta(d, format_version=3)
+    with pytest.raises(BundleError, match="format_version 3 is not supported"):
         load_bundle(d)
-    _edit_meta(d, format_version=1, kind="something-else")
+    _edit_meta(d, format_version=2, kind="something-else")
     with pytest.raises(BundleError, match="field 'kind'"):
         load_bundle(d)
     _edit_meta(d, kind="kronaxis-router-bundle", label_order=["weak", "gpt-5"])
@@ -417,15 +421,21 @@ def test_export_api_without_a_validation_split(run_dir, dataset_dir, tmp_path):
         export_bundle(run_dir / "classifier", tmp_path / "b", ds, **kw)
 
 
-def test_non_transformer_classifier_is_refused(work, dataset_dir, tmp_path):
-    from kronaxis_lab.export.onnx_export import ExportError
+def test_a_classifier_without_export_runtime_is_refused(work, dataset_dir, tmp_path):
+    """Every classifier of configs/classifier/ exports (tests/test_export_all.py); a class without the
+    `export_runtime` hook is refused before any weights or data are loaded."""
+    from kronaxis_lab.export.schema import ExportError
     from kronaxis_lab.pipelines.export import run as export_run
 
     tfidf = _train(work, dataset_dir, "tfidf", ["classifier=tfidf_logreg", "classifier.show_progress=false"])
-    with pytest.raises(ExportError, match=r"TfidfLogRegRouter: it cannot be exported.*Exportable classifiers: "
-                                          r"TierPredictor and StudentTierPredictor"):
-        export_run(compose("export", [f"run_dir={tfidf}"], tmp_path))
-    assert not (tmp_path / "bundle").exists()
+    fake = tmp_path / "run"
+    shutil.copytree(tfidf, fake)
+    info = json.loads((fake / "classifier" / "classifier.json").read_text())
+    info["class"] = "kronaxis_lab.classifiers.base.Classifier"  # the abstract contract: no export_runtime
+    (fake / "classifier" / "classifier.json").write_text(json.dumps(info))
+    with pytest.raises(ExportError, match=r"is a Classifier, which has no export_runtime method"):
+        export_run(compose("export", [f"run_dir={fake}"], tmp_path / "out"))
+    assert not (tmp_path / "out" / "bundle").exists()
 
 
 def test_bad_export_configs_are_clear(work, dataset_dir, tmp_path):

@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from kronaxis_lab.classifiers.base import constructor_config, to_plain
+from kronaxis_lab.export.formats import export_sentence_encoder
+from kronaxis_lab.export.onnx_export import MIN_OPSET
 from kronaxis_lab.local_models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,12 @@ class Embedder:
             "max_seq_length": self.max_seq_length,
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+    def export_runtime(self, directory: Path, *, opset: int = MIN_OPSET, sample_texts: Sequence[str] | None = None,
+                       **_: Any) -> dict[str, Any]:
+        """This encoder as a bundle `encoder` node (`runtimes.SentenceEncoder`): the transformer's ONNX graph,
+        its tokenizer and the pooling / normalisation settings, in `directory`."""
+        return export_sentence_encoder(self._st(), directory, self.normalize, opset, sample_texts)
 
     # -- encoding ---------------------------------------------------------------------------------
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -94,6 +94,17 @@ class FallbackClassifier(Classifier):
             self.n_fallback_rows_ += int(bad.sum())
             p[bad] = self._from_fallback([q for q, b in zip(queries, bad) if b], names)
         return p
+
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """Bundle node (`kronaxis_lab.export.runtimes.FallbackRuntime`): both parts' nodes in primary/ and
+        fallback/ (only the fallback when the primary is missing)."""
+        if self.fallback is None:
+            raise ValueError("FallbackClassifier: no fallback to export")
+        directory = Path(directory)
+        parts = {"primary": self.primary, "fallback": self.fallback}
+        nodes = {k: p.export_runtime(directory / k, **graph_options) for k, p in parts.items() if p is not None}
+        return {"kind": "kronaxis_lab.export.runtimes.FallbackRuntime", "label_order": list(self.model_names_),
+                "files": {}, "nodes": nodes}
 
     def save_state(self, directory: Path) -> None:
         if self.primary is not None:

@@ -30,6 +30,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from kronaxis_lab.export.formats import save_arrays
+
 from ._common import resolve_config_path, tier_of_models
 from .base import Classifier, as_queries, check_fit_inputs, to_plain
 from .embedding import Embedder, UsesEmbedder
@@ -133,6 +135,28 @@ def make_index(kind: str, **kwargs: Any) -> Index:
     if not module:
         raise ValueError(f"index '{kind}' is unknown: use one of {sorted(_INDEX_ALIASES)} or a dotted class path")
     return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def neighbour_weights(sims: np.ndarray, weighting: str, temperature: float, eps: float) -> np.ndarray:
+    """w_i per neighbour (module docstring): uniform, inverse cosine distance, or softmax(s_i / T)."""
+    if weighting == "uniform":
+        return np.ones_like(sims, dtype=np.float64)
+    if weighting == "distance":
+        return 1.0 / (np.clip(1.0 - sims.astype(np.float64), 0.0, None) + eps)
+    z = sims.astype(np.float64) / temperature
+    return np.exp(z - z.max(axis=1, keepdims=True))
+
+
+def neighbour_average(sims: np.ndarray, idx: np.ndarray, targets: np.ndarray, prior: np.ndarray, weighting: str,
+                      temperature: float, eps: float) -> np.ndarray:
+    """P̂ (n, m): the weighted mean of the neighbours' observed outcomes, the prior where none is observed
+    (module docstring). Shared by `KNNRouter` and the bundle runtime (kronaxis_lab/export/runtimes.py)."""
+    w = neighbour_weights(sims, weighting, temperature, eps)[:, :, None]  # (n, k, 1)
+    y = np.asarray(targets)[idx].astype(np.float64)  # (n, k, m)
+    obs = np.isfinite(y)
+    num = (w * np.where(obs, y, 0.0)).sum(1)
+    den = (w * obs).sum(1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.asarray(prior)[None, :]).clip(0.0, 1.0)
 
 
 # -- intent files ----------------------------------------------------------------------------------
@@ -278,26 +302,13 @@ class KNNRouter(UsesEmbedder, Classifier):
         self.index_ = make_index(self.index, **(to_plain(self.index_kwargs) or {})).fit(self.vectors_)
 
     # -- inference --------------------------------------------------------------------------------
-    def _weights(self, sims: np.ndarray) -> np.ndarray:
-        if self.weighting == "uniform":
-            return np.ones_like(sims, dtype=np.float64)
-        if self.weighting == "distance":
-            return 1.0 / (np.clip(1.0 - sims.astype(np.float64), 0.0, None) + self.eps)
-        z = sims.astype(np.float64) / self.temperature
-        return np.exp(z - z.max(axis=1, keepdims=True))
-
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
         queries = as_queries(queries)
         m = len(self.model_names_)
         if not queries:
             return np.zeros((0, m))
         sims, idx = self.index_.search(self.embedder.encode(queries), int(self.k))
-        w = self._weights(sims)[:, :, None]  # (n, k, 1)
-        y = self.targets_[idx].astype(np.float64)  # (n, k, m)
-        obs = np.isfinite(y)
-        num = (w * np.where(obs, y, 0.0)).sum(1)
-        den = (w * obs).sum(1)
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), self.prior_[None, :]).clip(0.0, 1.0)
+        return neighbour_average(sims, idx, self.targets_, self.prior_, self.weighting, self.temperature, self.eps)
 
     def predict_intent(self, queries: Sequence[str] | str) -> tuple[list[str], np.ndarray]:
         """Nearest intent name and its cosine similarity per query (only rows that came from an intent file)."""
@@ -307,6 +318,17 @@ class KNNRouter(UsesEmbedder, Classifier):
         s = _l2_normalise(self.embedder.encode(as_queries(queries))) @ _l2_normalise(self.vectors_[rows]).T
         best = s.argmax(1)
         return [str(self.labels_[rows[b]]) for b in best], s[np.arange(len(best)), best]
+
+    # -- export -----------------------------------------------------------------------------------
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """Bundle node (`kronaxis_lab.export.runtimes.KnnRuntime`): the encoder in `encoder/`, the index
+        (vectors, targets, prior) in index.npz; k and the weighting in the node."""
+        directory = Path(directory)
+        encoder = self.embedder.export_runtime(directory / "encoder", **graph_options)
+        save_arrays(directory / "index.npz", vectors=self.vectors_, targets=self.targets_, prior=self.prior_)
+        return {"kind": "kronaxis_lab.export.runtimes.KnnRuntime", "label_order": list(self.model_names_),
+                "k": int(self.k), "weighting": str(self.weighting), "temperature": float(self.temperature),
+                "eps": float(self.eps), "files": {"index": "index.npz"}, "nodes": {"encoder": encoder}}
 
     # -- persistence ------------------------------------------------------------------------------
     def save_state(self, directory: Path) -> None:

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from kronaxis_lab.export.formats import save_arrays
+
 from .base import Classifier, as_queries, check_fit_inputs
 from .embedding import Embedder, UsesEmbedder
 
@@ -149,6 +151,19 @@ class MFRouter(UsesEmbedder, Classifier):
         with torch.no_grad():
             logits = self.net_(torch.from_numpy(self.embedder.encode(queries)))
         return torch.sigmoid(logits).double().numpy()
+
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """Bundle node (`kronaxis_lab.export.runtimes.MfRuntime`): the encoder in `encoder/`; P, w, bias and
+        the projection W (unless use_proj is off) in weights.npz."""
+        directory = Path(directory)
+        encoder = self.embedder.export_runtime(directory / "encoder", **graph_options)
+        state = {k: v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        arrays = {"P": state["P.weight"], "w": state["classifier.weight"], "bias": state["bias"]}
+        if "text_proj.weight" in state:
+            arrays["proj"] = state["text_proj.weight"]
+        save_arrays(directory / "weights.npz", **arrays)
+        return {"kind": "kronaxis_lab.export.runtimes.MfRuntime", "label_order": list(self.model_names_),
+                "files": {"weights": "weights.npz"}, "nodes": {"encoder": encoder}}
 
     def save_state(self, directory: Path) -> None:
         arrays = {k: v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}

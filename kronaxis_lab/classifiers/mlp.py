@@ -18,6 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from kronaxis_lab.export.formats import save_arrays
+from kronaxis_lab.export.schema import ExportError
+
 from .base import Classifier, as_queries, check_fit_inputs, to_plain
 from .embedding import Embedder, UsesEmbedder
 
@@ -109,6 +112,23 @@ class MLPRouter(UsesEmbedder, Classifier):
         else:
             out = np.stack([m.predict(X) for m in self.mlps_], axis=1)
         return np.clip(out, 0.0, 1.0)
+
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """Bundle node (`kronaxis_lab.export.runtimes.MlpRuntime`): the encoder in `encoder/`, every network's
+        weights and biases in weights.npz (n{i}_W{l}, n{i}_b{l})."""
+        directory = Path(directory)
+        if any(m.out_activation_ != "identity" for m in self.mlps_):
+            raise ExportError("MLPRouter: only regressors with an identity output layer are exportable")
+        encoder = self.embedder.export_runtime(directory / "encoder", **graph_options)
+        arrays = {}
+        for i, m in enumerate(self.mlps_):
+            for j, (W, b) in enumerate(zip(m.coefs_, m.intercepts_)):
+                arrays[f"n{i}_W{j}"], arrays[f"n{i}_b{j}"] = W, b
+        save_arrays(directory / "weights.npz", **arrays)
+        return {"kind": "kronaxis_lab.export.runtimes.MlpRuntime", "label_order": list(self.model_names_),
+                "activation": str(self.mlps_[0].activation), "per_model": bool(self.per_model),
+                "n_layers": [len(m.coefs_) for m in self.mlps_], "files": {"weights": "weights.npz"},
+                "nodes": {"encoder": encoder}}
 
     def save_state(self, directory: Path) -> None:
         import joblib

@@ -358,6 +358,14 @@ class RuleRouter(Classifier):
         self.prior_ = np.where(counts > 0, (lo + hi) / 2, prior)
         return self
 
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """Bundle node (`kronaxis_lab.export.runtimes.RulesRuntime`): the parsed rules spec, the model tiers and
+        the fitted prior, inline in router.json (rules are data: features, keywords, regular expressions)."""
+        return {"kind": "kronaxis_lab.export.runtimes.RulesRuntime", "label_order": list(self._require_models()),
+                "rules": {"spec": to_plain(self.ruleset_.spec), "model_tiers": to_plain(self.model_tiers),
+                          "prior": None if self.prior_ is None else [float(v) for v in self.prior_]},
+                "files": {}}
+
     def save_state(self, directory: Path) -> None:
         state = {"prior": None if self.prior_ is None else [float(v) for v in self.prior_]}
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))

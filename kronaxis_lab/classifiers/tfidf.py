@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from kronaxis_lab.export.formats import save_arrays, save_tfidf_vectorizer
+
 from .base import Classifier, as_queries, check_fit_inputs, to_plain
 
 STATE_FILE = "tfidf_logreg.joblib"
@@ -101,6 +103,24 @@ class TfidfLogRegRouter(Classifier):
             for m in self.models_
         ]
         return np.stack(cols, axis=1)
+
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """Bundle node (`kronaxis_lab.export.runtimes.TfidfLinearRuntime`): the vectorizer as JSON, the
+        regressions as arrays (weights.npz: coef (m, d), intercept (m,), constant (m,) = the rate of a
+        one-class model, NaN where a regression was fitted). No pickle."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        d = save_tfidf_vectorizer(self.vectorizer_, directory / "vectorizer.json")["n_features"]
+        m = len(self.models_)
+        coef, intercept, constant = np.zeros((m, d)), np.zeros(m), np.full(m, np.nan)
+        for j, model in enumerate(self.models_):
+            if isinstance(model, float):
+                constant[j] = model
+            else:  # binary: P(1) = σ(x·w + b), classes_ = [0, 1]
+                coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
+        save_arrays(directory / "weights.npz", coef=coef, intercept=intercept, constant=constant)
+        return {"kind": "kronaxis_lab.export.runtimes.TfidfLinearRuntime", "label_order": list(self.model_names_),
+                "files": {"vectorizer": "vectorizer.json", "weights": "weights.npz"}}
 
     def save_state(self, directory: Path) -> None:
         import joblib

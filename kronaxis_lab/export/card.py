@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from kronaxis_lab.export.schema import walk_nodes
+
 #: replay rows shown in the card's metrics table (besides the bundle's own), when present
 REFERENCE_ROWS = ("oracle", "random")
 
@@ -43,8 +45,9 @@ class ModelCard:
     created: str
     classifier_class: str
     base_model: str | None
-    head: str
-    max_length: int
+    runtime: str  # the bundle runtime class (router.json classifier.kind, short name)
+    head: str | None  # tier predictors only
+    max_length: int | None  # tokens the classifier reads (None: no truncating encoder)
     dataset: str
     n_train: int | None
     n_val: int | None
@@ -70,6 +73,8 @@ class ModelCard:
     def from_bundle(cls, meta: Mapping[str, Any], metrics: Mapping[str, Any] | None,
                     sizes_mb: Mapping[str, float] | None = None) -> "ModelCard":
         metrics = metrics or {}
+        node = meta.get("classifier") or {}
+        lengths = [int(n["max_length"]) for _, _, n in walk_nodes(node) if n.get("max_length")] if node else []
         src = meta.get("source") or {}
         info = src.get("train_info") or {}
         train = metrics.get("train") or {}
@@ -88,7 +93,8 @@ class ModelCard:
         return cls(
             bundle_id=str(meta.get("bundle_id", "")), created=str(meta.get("created", "")),
             classifier_class=str(src.get("classifier_class", "?")), base_model=src.get("base_model"),
-            head=str(meta.get("head")), max_length=int(meta.get("max_length", 0)),
+            runtime=str(node.get("kind", "?")).rpartition(".")[2], head=node.get("head"),
+            max_length=max(lengths) if lengths else None,
             dataset=str(src.get("dataset", "?")), n_train=info.get("n_train", train.get("n_train")),
             n_val=info.get("n_val", train.get("n_val")),
             targets=str(targets.get("kind", "?")) if isinstance(targets, Mapping) else str(targets),
@@ -141,7 +147,8 @@ class ModelCard:
     def _parity(self) -> str:
         p = self.parity
         out = []
-        for v, label in (("fp32", "fp32 vs PyTorch"), ("int8", "int8 vs PyTorch")):
+        ref = p.get("reference", "the trained classifier")
+        for v, label in (("fp32", f"fp32 vs {ref}"), ("int8", f"int8 vs {ref}")):
             d = p.get(v)
             if d:
                 out.append(f"- **Parity ({label}):** max |Δp| = {_num(d.get('max_abs_diff'), '.3g')}, "
@@ -154,9 +161,22 @@ class ModelCard:
         out.append(f"- **Sample:** {p.get('n', '?')} held-out queries ({p.get('sample', '?')}) + "
                    f"{p.get('n_edge_cases', 0)} edge cases (empty, over-long, non-ASCII)")
         out.append(f"- **int8 check:** agreement ≥ {_pct(p.get('int8_min_agreement'), 1)} required → "
-                   f"{'passed' if p.get('int8_ok') else 'FAILED'}")
+                   f"{'passed' if p.get('int8_ok') else 'FAILED'}" if p.get("int8_ok") is not None else
+                   "- **int8 check:** no int8 variant (no ONNX graph in this runtime)")
         out.append(f"- **Default variant:** {self.default_variant}")
         return "\n".join(out)
+
+    def _about(self) -> str:
+        parts = [f"{self.head} head" if self.head else None,
+                 f"base `{self.base_model}`" if self.base_model else None,
+                 f"max {self.max_length} tokens" if self.max_length else None]
+        return ", ".join(p for p in parts if p) or "no pretrained encoder"
+
+    def _truncation(self) -> str:
+        if self.max_length:
+            return (f"Texts longer than {self.max_length} tokens are truncated; only the text the classifier sees "
+                    "is judged.")
+        return "The classifier reads the whole text (no truncating encoder)."
 
     def render(self) -> str:
         warn = "".join(f"> **WARNING:** {w}\n\n" for w in self.warnings)
@@ -164,8 +184,8 @@ class ModelCard:
         auc = _num(self.val_mean_auc, ".3f")
         return f"""# Kronaxis router bundle `{self.bundle_id}`
 
-{warn}A query router exported by `kronaxis-export` on {self.created}: a `{self.classifier_class}` ({self.head} head,
-base `{self.base_model or '?'}`, max {self.max_length} tokens) predicts, for each model of the fleet, the
+{warn}A query router exported by `kronaxis-export` on {self.created}: a `{self.classifier_class}`
+({self._about()}; bundle runtime `{self.runtime}`) predicts, for each model of the fleet, the
 probability that it answers a query well; the `{self.policy_name}` policy turns those probabilities and the
 expected cost into a model choice. Load it with `kronaxis_lab.export.bundle.load_bundle(<this dir>)`.
 
@@ -182,7 +202,7 @@ expected cost into a model choice. Load it with `kronaxis_lab.export.bundle.load
 
 ## Metrics
 
-Replay of the exported router (ONNX {self.default_variant}) on the held-out **{self.replay_split or '—'}** split \
+Replay of the exported router ({self.default_variant} variant) on the held-out **{self.replay_split or '—'}** split \
 ({self.replay_n if self.replay_n is not None else '—'} queries) with recorded outcomes; the first row is the \
 bundle at its operating point, the second its whole policy sweep (summarised at the cheapest point reaching \
 95 % of premium accuracy; AIQ, the area under the cost–quality curve, exists for sweeps only).
@@ -211,7 +231,7 @@ Kronaxis router (`kronaxis-serve`), for traffic that resembles the training data
   within the bootstrap CI above, and only while the fleet, its prices and its models stay the same.
 - Expected cost at serving time is estimated from the query text (token count × price, mean output length
   per model and task from the training split), not from the recorded tokens used in replay.
-- Texts longer than {self.max_length} tokens are truncated; only the text the classifier sees is judged.
+- {self._truncation()}
 
 ## Files
 

@@ -1,20 +1,26 @@
-"""Build a bundle from a trained classifier: ONNX (+ int8), tokenizer, policy, parity, metrics, model card.
+"""Build a bundle from any trained classifier: its runtime files (+ int8 graphs), cost model, policy, parity,
+metrics, card.
 
     export_bundle(classifier_dir, out_dir, dataset, policy_name="wtp", policy_config={...}, ...)
 
 Steps (each a function below, each checked, so a bundle that exists is a bundle that works):
-1. `load_exportable`: refuse non-exportable classifiers (before loading any weights), load, check the fleet;
-2. `write_graphs`: export the graph (fp32), quantise it (int8), save the tokenizer;
+1. `load_exportable`: refuse a classifier without `export_runtime` (before loading any weights), load it,
+   check its models against the fleet;
+2. `write_runtime`: the classifier writes its runtime node and files (`export_runtime`, no pickle); every
+   ONNX graph of the node tree gets an int8 copy (`quantize_graphs`);
 3. `fit_costs`: fit the one decision-time cost model (`kronaxis_lab.routing.costs`) on the train split, with
-   the prompt-token counter replay uses (bundled when the classifier's tokenizer counts differently);
-4. `parity_probabilities`: P̂ of ONNX fp32 / int8 vs the PyTorch classifier on held-out queries; fp32 must
-   match (max |Δp| ≤ tolerance, else the export fails);
+   the prompt-token counter replay uses (bundled when the runtime's own tokenizer counts differently or it
+   has none);
+4. `parity_probabilities`: P̂ of the runtime (every variant) vs the trained classifier on held-out queries +
+   edge cases; fp32 must match (max |Δp| ≤ tolerance; for a `discontinuous` runtime such as kNN, that share of
+   rows), else the export fails;
 5. `operating_parameter`: the `calibration` target on val (calibrate_router), else the default operating
    point (cheapest point reaching 95 % of premium accuracy, on val);
 6. `parity_decisions`: int8 must agree on ≥ `int8_min_agreement` of the routing decisions, else the bundle
    defaults to fp32 and says so in router.json and the card;
-7. `replay_metrics`: replay the exported router on the test split beside the reference routers (metrics.json),
-   priced by the bundle's own cost model;
+7. `replay_metrics`: the staged bundle itself (`Bundle`) replayed on the test split beside the reference
+   routers (`kronaxis_lab.export.replay`: the decision code the server runs, the bundle's cost model) →
+   metrics.json, the same replay `kronaxis-replay bundle=<dir>` computes;
 8. `write_files`: README.md, then router.json with the sha256 of every other file; the staging directory is
    moved into place and `reload_check` re-loads it with `load_bundle` (predictions must equal the ones just
    measured).
@@ -41,8 +47,8 @@ from kronaxis_lab.export.bundle import (
     FORMAT_VERSION,
     KIND,
     ROUTER_FILE,
+    Bundle,
     BundleTokenizer,
-    OnnxClassifier,
     bundle_id,
     encode_param,
     file_hashes,
@@ -51,19 +57,20 @@ from kronaxis_lab.export.bundle import (
     load_bundle,
 )
 from kronaxis_lab.export.card import ModelCard
-from kronaxis_lab.export.onnx_export import ExportError, check_exportable, export_onnx, quantize_int8
+from kronaxis_lab.export.onnx_export import quantize_int8
+from kronaxis_lab.export.replay import bundle_metrics, replay_bundle
+from kronaxis_lab.export.runtimes import BundleRuntime, RuntimeOptions, load_runtime, reorder
+from kronaxis_lab.export.schema import ExportError, walk_nodes
 from kronaxis_lab.routing.calibration import calibrate_router
 from kronaxis_lab.routing.costs import CostModel, TokenCounter
 from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
 from kronaxis_lab.routing.policies import Policy
-from kronaxis_lab.routing.replay import replay
 from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext
 from kronaxis_lab.serving.governance import endpoints_from_fleet
 
 log = logging.getLogger("kronaxis_lab.export")
 
 VARIANTS = ("fp32", "int8")
-FILES = {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx", "tokenizer": "tokenizer"}
 COST_TOKENIZER = "cost_tokenizer"
 
 
@@ -78,6 +85,7 @@ class ExportSettings:
     quantize_exclude_nodes: tuple[str, ...] = ()
     parity_n: int = 1000
     fp32_max_abs_diff: float = 1e-4
+    fp32_min_row_share: float = 0.99  # discontinuous runtimes (kNN): share of rows within fp32_max_abs_diff
     int8_min_agreement: float = 0.99
     prefer_variant: str = "int8"
     batch_size: int = 64
@@ -97,6 +105,8 @@ class ExportSettings:
             raise ValueError(f"parity.n must be ≥ 1, got {self.parity_n}")
         if not self.fp32_max_abs_diff > 0:
             raise ValueError(f"parity.fp32_max_abs_diff must be > 0, got {self.fp32_max_abs_diff}")
+        if not 0 <= self.fp32_min_row_share <= 1:
+            raise ValueError(f"parity.fp32_min_row_share must be in [0, 1], got {self.fp32_min_row_share}")
         if not 0 <= self.int8_min_agreement <= 1:
             raise ValueError(f"parity.int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
         if self.prefer_variant not in VARIANTS:
@@ -121,12 +131,22 @@ def classifier_class(classifier_dir: str | Path) -> type:
         raise ClassifierLoadError(f"{path}: cannot resolve the classifier class: {e}") from e
 
 
-class OnnxPredictor(Predictor):
-    """Replay `Predictor` over the bundle runtime (one variant), cached per query set: the calibration, the
-    sweep and the fixed-point router all reuse one ONNX pass."""
+def check_exportable(klass: type, where: str = "the classifier") -> None:
+    """Raise `ExportError` unless `klass` has an `export_runtime` method (the classifier contract's export hook)."""
+    if isinstance(klass, type) and callable(getattr(klass, "export_runtime", None)):
+        return
+    name = getattr(klass, "__name__", str(klass))
+    raise ExportError(f"{where} is a {name}, which has no export_runtime method: it cannot be exported to a bundle "
+                      "(a classifier joins the bundle format with export_runtime(directory) -> node, see "
+                      "kronaxis_lab/export/runtimes.py)")
 
-    def __init__(self, runtime: OnnxClassifier, variant: str):
-        self.runtime, self.variant = runtime, variant
+
+class RuntimePredictor(Predictor):
+    """Replay `Predictor` over a runtime (one variant), columns in the fleet's order, cached per query set: the
+    calibration and the sweep reuse one pass."""
+
+    def __init__(self, runtime: BundleRuntime, variant: str, model_names: Sequence[str]):
+        self.runtime, self.variant, self.model_names = runtime, variant, list(model_names)
         self._cache: dict[tuple[str, ...], np.ndarray] = {}
 
     def predict(self, ctx, mats=None):
@@ -134,7 +154,8 @@ class OnnxPredictor(Predictor):
         key = tuple(mats.queries["query_id"].astype(str))
         if key not in self._cache:
             texts = mats.queries["text"].astype(str).tolist()
-            self._cache[key] = self.runtime.predict_proba(texts, self.variant).astype(float)
+            P = self.runtime.predict_proba(texts, self.variant)
+            self._cache[key] = reorder(np.asarray(P, float), self.runtime.label_order, self.model_names)
         return self._cache[key]
 
 
@@ -191,70 +212,90 @@ class Splits:
     test: Matrices
 
 
-def load_exportable(classifier_dir: Path, fleet, s: ExportSettings):
-    """Step 1: the saved classifier, checked against the fleet, truncating like the bundle will."""
+def load_exportable(classifier_dir: Path, fleet):
+    """Step 1: the saved classifier, checked against the fleet."""
     check_exportable(classifier_class(classifier_dir), str(classifier_dir / META_FILE))
     clf = load_classifier(classifier_dir)
-    clf.show_progress = False
+    if hasattr(clf, "show_progress"):
+        clf.show_progress = False
     labels = list(clf.model_names_)
     if sorted(labels) != sorted(fleet.names):
         raise ExportError(f"{classifier_dir} predicts {labels}, but the dataset's fleet is {fleet.names}: "
                           "export with the dataset the classifier was trained on")
-    max_length = int(s.max_length or clf.max_length)
-    max_pos = getattr(clf.model_.config, "max_position_embeddings", None)
-    if max_pos and max_length > max_pos:
-        raise ExportError(f"max_length {max_length} exceeds the model's {max_pos} positions")
-    clf.max_length = max_length  # the PyTorch reference of the parity check truncates like the bundle
-    return clf, labels, max_length
+    return clf, labels
 
 
-def write_graphs(clf, stage: Path, val: Matrices, max_length: int, s: ExportSettings) -> tuple[dict, dict]:
-    """Step 2: tokenizer, fp32 graph, int8 graph → (onnx info, tokenizer meta)."""
-    clf.tokenizer_.save_pretrained(stage / FILES["tokenizer"])
+def quantize_graphs(node: dict[str, Any], stage: Path, s: ExportSettings) -> None:
+    """int8 copy of every ONNX graph in the node tree (`<name>.int8.onnx` beside `<name>.onnx`), in place."""
+    for _, rel, n in walk_nodes(node):
+        fp32 = (n.get("files") or {}).get("onnx_fp32")
+        if not fp32:
+            continue
+        int8 = fp32[: -len(".onnx")] + ".int8.onnx" if fp32.endswith(".onnx") else fp32 + ".int8"
+        n.setdefault("onnx", {})["int8"] = quantize_int8(stage / rel / fp32, stage / rel / int8, s.quantize_per_channel,
+                                                        s.quantize_reduce_range, s.quantize_exclude_nodes)
+        n["files"]["onnx_int8"] = int8
+
+
+def write_runtime(clf, stage: Path, val: Matrices, labels: list[str], s: ExportSettings) -> dict[str, Any]:
+    """Step 2: the classifier's runtime node + files (no pickle), then the int8 graphs."""
     sample = [t for t in val.queries["text"].astype(str).head(2)] or None
-    onnx_info = export_onnx(clf, stage / FILES["onnx_fp32"], opset=s.opset, sample_texts=sample, max_length=max_length)
-    onnx_info["int8"] = quantize_int8(stage / FILES["onnx_fp32"], stage / FILES["onnx_int8"],
-                                      s.quantize_per_channel, s.quantize_reduce_range, s.quantize_exclude_nodes)
-    tok = clf.tokenizer_
-    tok_meta = {"truncation_side": getattr(tok, "truncation_side", "right"), "pad_token": tok.pad_token,
-                "pad_id": int(tok.pad_token_id or 0), "pad_type_id": int(getattr(tok, "pad_token_type_id", 0) or 0),
-                "class": type(tok).__name__}
-    return onnx_info, tok_meta
+    node = clf.export_runtime(stage, opset=s.opset, max_length=s.max_length, sample_texts=sample)
+    node = json.loads(json.dumps(_clean(node), allow_nan=False))  # plain JSON from here on
+    if list(node.get("label_order") or []) != labels:
+        raise ExportError(f"{type(clf).__name__}.export_runtime: node label_order {node.get('label_order')} is not "
+                          f"the classifier's {labels}")
+    pickled = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*")
+                     if p.suffix in (".pkl", ".pickle", ".joblib"))
+    if pickled:
+        raise ExportError(f"{type(clf).__name__}.export_runtime wrote pickle files {pickled}: a bundle holds data only")
+    quantize_graphs(node, stage, s)
+    return node
 
 
-def fit_costs(train: Matrices, val: Matrices, fleet, stage: Path, max_length: int, tok_meta: dict, onnx_info: dict,
+def fit_costs(train: Matrices, val: Matrices, fleet, stage: Path, runtime: BundleRuntime,
               token_counter: TokenCounter | None) -> tuple[CostModel, TokenCounter, dict[str, str]]:
     """Step 3: the cost model replay uses, fitted on train → (cost model, its counter, extra bundle files).
 
-    The counter is `token_counter` (what replay counts with); when the classifier's tokenizer counts the
-    train prompts differently, the counter's tokenizer is bundled too, so the server counts the same."""
-    own = BundleTokenizer(stage / FILES["tokenizer"], max_length, tok_meta["truncation_side"], tok_meta["pad_token"],
-                          tok_meta["pad_id"], tok_meta["pad_type_id"], onnx_info["inputs"])
+    The counter is `token_counter` (what replay counts with); when the runtime's own tokenizer counts the
+    train prompts differently (or the runtime has none), the counter's tokenizer is bundled, so the server
+    counts the same."""
+    own = runtime.tokenizer
     texts = train.queries["text"].astype(str).tolist()
-    counter, extra = own, {}
-    name = None
+    counter, extra, name = own, {}, None
     if token_counter is not None:
         name = str(getattr(token_counter, "name", type(token_counter).__name__))
-        if not np.array_equal(own.count(texts), np.asarray(token_counter.count(texts))):
+        if own is None or not np.array_equal(own.count(texts), np.asarray(token_counter.count(texts))):
             token_counter.tokenizer.save_pretrained(stage / COST_TOKENIZER)
             counter, extra = BundleTokenizer(stage / COST_TOKENIZER, 2), {"cost_tokenizer": COST_TOKENIZER}
-            log.info("the classifier's tokenizer counts prompts unlike %s: bundling it as %s/", name, COST_TOKENIZER)
+            log.info("the runtime's tokenizer does not count prompts like %s: bundling it as %s/", name, COST_TOKENIZER)
+    elif own is None:
+        raise ExportError(f"a {type(runtime).__name__} has no tokenizer to count prompt tokens: configure the "
+                          "cost model's token counter (tokenizer=minilm)")
     val_texts = val.queries["text"].astype(str).tolist()
     cost_model = CostModel.fit(train, fleet, counter.count(texts), tokenizer=name, val=val,
                                val_token_counts=counter.count(val_texts) if val.n else None)
     return cost_model, counter, extra
 
 
-def parity_probabilities(clf, runtime: OnnxClassifier, texts: list[str], cols: list[int],
+def parity_probabilities(clf, runtime: BundleRuntime, texts: list[str], model_names: list[str],
                          s: ExportSettings) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Step 4: P̂ of PyTorch and of each ONNX variant; the fp32 graph must reproduce PyTorch."""
-    P_torch = np.asarray(clf.predict_proba(texts), float)[:, cols]
-    P = {v: runtime.predict_proba(texts, v).astype(float) for v in VARIANTS}
-    fp32_diff = float(np.abs(P["fp32"] - P_torch).max())
-    if fp32_diff > s.fp32_max_abs_diff:
-        raise ExportError(f"the fp32 ONNX graph does not reproduce the classifier: max |Δp| = {fp32_diff:.3g} > "
-                          f"{s.fp32_max_abs_diff:g} on {len(texts)} queries (parity.fp32_max_abs_diff)")
-    return P_torch, P
+    """Step 4: P̂ of the trained classifier and of each runtime variant (fleet order); the fp32 runtime must
+    reproduce the classifier (every row within the tolerance; for a discontinuous runtime, that share of rows)."""
+    P_ref = reorder(np.asarray(clf.predict_proba(texts), float), list(clf.model_names_), model_names)
+    P = {v: reorder(np.asarray(runtime.predict_proba(texts, v), float), runtime.label_order, model_names)
+         for v in runtime.variants}
+    rows = np.abs(P["fp32"] - P_ref).max(axis=1) if len(texts) else np.zeros(0)
+    worst = float(rows.max()) if rows.size else 0.0
+    within = float(np.mean(rows <= s.fp32_max_abs_diff)) if rows.size else 1.0
+    what = f"the fp32 {type(runtime).__name__} does not reproduce the {type(clf).__name__}"
+    if runtime.discontinuous and within < s.fp32_min_row_share:
+        raise ExportError(f"{what}: {within:.2%} of {len(texts)} queries within max |Δp| ≤ {s.fp32_max_abs_diff:g} < "
+                          f"{s.fp32_min_row_share:.0%} (parity.fp32_min_row_share)")
+    if not runtime.discontinuous and worst > s.fp32_max_abs_diff:
+        raise ExportError(f"{what}: max |Δp| = {worst:.3g} > {s.fp32_max_abs_diff:g} on {len(texts)} queries "
+                          "(parity.fp32_max_abs_diff)")
+    return P_ref, P
 
 
 def operating_parameter(router: PolicyRouter, ctx: ReplayContext, policy: Policy, splits: Splits, fleet,
@@ -286,28 +327,40 @@ def operating_parameter(router: PolicyRouter, ctx: ReplayContext, policy: Policy
         "it are optimistic"]
 
 
-def parity_decisions(runtime: OnnxClassifier, policy: Policy, fleet, texts: list[str], tasks: list[str],
-                     cost_sample: np.ndarray, P_torch: np.ndarray, P: dict[str, np.ndarray], param: float,
+def parity_decisions(runtime: BundleRuntime, policy: Policy, fleet, texts: list[str], tasks: list[str],
+                     cost_sample: np.ndarray, P_ref: np.ndarray, P: dict[str, np.ndarray], param: float,
                      n_sample: int, n_edge: int, s: ExportSettings) -> tuple[dict[str, Any], list[str]]:
-    """Step 6: decision agreement of each variant with PyTorch (int8 also one query per call) → (parity, warnings)."""
-    d_torch = _decide(policy, fleet, P_torch, cost_sample, tasks, param)
+    """Step 6: decision agreement of each variant with the trained classifier (int8 also one query per call) →
+    (parity, warnings)."""
+    d_ref = _decide(policy, fleet, P_ref, cost_sample, tasks, param)
     tiers = fleet.tiers
     parity: dict[str, Any] = {"n": n_sample, "n_edge_cases": n_edge, "sample": f"{s.splits['val']}+{s.splits['test']}",
-                              "seed": s.seed, "fp32_max_abs_diff_allowed": s.fp32_max_abs_diff,
+                              "seed": s.seed, "reference": "the trained classifier", "runtime": type(runtime).__name__,
+                              "fp32_max_abs_diff_allowed": s.fp32_max_abs_diff,
                               "int8_min_agreement": s.int8_min_agreement}
-    for v in VARIANTS:
-        parity[v] = _diff(P[v], P_torch, _decide(policy, fleet, P[v], cost_sample, tasks, param), d_torch, tiers)
+    for v in P:
+        parity[v] = _diff(P[v], P_ref, _decide(policy, fleet, P[v], cost_sample, tasks, param), d_ref, tiers)
+    rows = np.abs(P["fp32"] - P_ref).max(axis=1) if len(texts) else np.zeros(0)
+    parity["fp32"]["rows_within_tolerance"] = float(np.mean(rows <= s.fp32_max_abs_diff)) if rows.size else 1.0
+    if runtime.discontinuous:
+        parity["fp32_min_row_share"] = s.fp32_min_row_share
+    warnings: list[str] = []
+    if "int8" not in P:
+        parity["int8_ok"], parity["default_variant"] = None, "fp32"
+        log.info("parity: fp32 max |Δp| %.2g, agreement %.2f%% (no int8 variant)", parity["fp32"]["max_abs_diff"],
+                 100 * parity["fp32"]["decision_agreement"])
+        return parity, warnings
     # int8 activations are quantised per batch: also check one query per call, the common serving case
-    P1 = np.concatenate([runtime.predict_proba([t], "int8") for t in texts]).astype(float)
-    b1 = _diff(P1, P_torch, _decide(policy, fleet, P1, cost_sample, tasks, param), d_torch, tiers)
+    P1 = np.concatenate([reorder(np.asarray(runtime.predict_proba([t], "int8"), float), runtime.label_order,
+                                 fleet.names) for t in texts]) if texts else P["int8"]
+    b1 = _diff(P1, P_ref, _decide(policy, fleet, P1, cost_sample, tasks, param), d_ref, tiers)
     parity["int8"].update({f"batch1_{k}": v for k, v in b1.items()})
     parity["int8"]["batch_size"] = s.batch_size
     worst = min(parity["int8"]["decision_agreement"], b1["decision_agreement"])
     parity["int8_ok"] = bool(worst >= s.int8_min_agreement)
     parity["default_variant"] = "int8" if s.prefer_variant == "int8" and parity["int8_ok"] else "fp32"
-    warnings = []
     if not parity["int8_ok"]:
-        msg = (f"int8 decision agreement {worst:.2%} < {s.int8_min_agreement:.0%} of the PyTorch classifier's "
+        msg = (f"int8 decision agreement {worst:.2%} < {s.int8_min_agreement:.0%} of the trained classifier's "
                "decisions: the int8 graph is NOT the default; the bundle routes with fp32")
         warnings.append(msg)
         log.warning("!!! %s", msg)
@@ -317,28 +370,21 @@ def parity_decisions(runtime: OnnxClassifier, policy: Policy, fleet, texts: list
     return parity, warnings
 
 
-def replay_metrics(dataset, pred: Predictor, policy_name: str, pconf: dict, param: float, cost_model: CostModel,
-                   counter: TokenCounter, reference_routers: Mapping[str, Any] | None, variant: str,
+def replay_metrics(bundle: Bundle, dataset, reference_routers: Mapping[str, Any] | None,
                    s: ExportSettings) -> dict[str, Any]:
-    """Step 7: the exported router (its sweep and its fixed operating point) replayed on test, priced by the
-    bundle's own cost model."""
-    fixed = instantiate_policy(pconf, f"policy '{policy_name}'")
-    fixed.params = np.asarray([param])
-    sweep_name, fixed_name = f"bundle+{policy_name}", f"bundle:{policy_name}@{param:.4g}"
-    routers = dict(reference_routers or {})
-    routers[sweep_name] = PolicyRouter(pred, instantiate_policy(pconf, policy_name), name=sweep_name)
-    routers[fixed_name] = PolicyRouter(pred, fixed, name=fixed_name)
-    res = replay(dataset, routers, split=s.splits["test"], seed=s.seed, train_split=s.splits["train"],
-                 val_split=s.splits["val"], token_counter=counter, cost_model=cost_model)
-    return {"bundle_router": fixed_name, "bundle_sweep": sweep_name, "replay": {
-        "dataset": res.dataset, "split": res.split, "n_queries": res.n_queries, "premium": res.premium,
-        "cheapest": res.cheapest, "variant": variant, "routers": res.routers}}
+    """Step 7: the staged bundle (its fixed operating point and its sweep) replayed on test beside the reference
+    routers: the decision code the server runs, priced by the bundle's own cost model."""
+    res = replay_bundle(bundle, dataset, reference_routers, split=s.splits["test"], train_split=s.splits["train"],
+                        val_split=s.splits["val"], seed=s.seed)
+    return bundle_metrics(res, bundle)
 
 
 def write_files(stage: Path, out_dir: Path, meta: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Step 8: metrics.json, the card, router.json with every file's sha256; then the staging dir moves into place."""
     (stage / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2, allow_nan=False))
-    sizes = {rel: (stage / rel).stat().st_size / 1e6 for rel in (FILES["onnx_fp32"], FILES["onnx_int8"])}
+    sizes = {p.name + ("/" if p.is_dir() else ""): sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))
+                                                     if f.is_file()) / 1e6
+             for p in sorted(stage.iterdir()) if p.name not in (ROUTER_FILE, "README.md", "metrics.json")}
     meta["bundle_id"] = bundle_id(file_hashes(stage), _clean(meta))  # before the card, which shows the id
     (stage / "README.md").write_text(ModelCard.from_bundle(meta, metrics, sizes).render())
     meta["sha256"] = file_hashes(stage)
@@ -377,13 +423,13 @@ def export_bundle(
     source: Mapping[str, Any] | None = None,
     token_counter: TokenCounter | None = None,
 ) -> dict[str, Any]:
-    """Export `classifier_dir` (a saved TierPredictor/StudentTierPredictor) to the bundle directory `out_dir`.
+    """Export `classifier_dir` (any saved classifier with `export_runtime`) to the bundle directory `out_dir`.
 
     `dataset`: the `RoutingDataset` it was trained on (train split → cost model; val → calibration;
     val + test → parity sample; test → replay metrics). `policy_config`: a Hydra node with `_target_`.
     `calibration`/`default_operating_point`: {target, value} (see kronaxis_lab.routing.calibration).
     `token_counter`: the prompt-token counter replay prices with (configs/tokenizer); None = the
-    classifier's tokenizer. Returns {"bundle_dir", "meta", "metrics", "bundle"}.
+    runtime's own tokenizer. Returns {"bundle_dir", "meta", "metrics", "bundle"}.
     """
     s = settings or ExportSettings()
     classifier_dir, out_dir = Path(classifier_dir), Path(out_dir)
@@ -391,7 +437,7 @@ def export_bundle(
     if out_dir.exists() and not s.overwrite:
         raise ExportError(f"{out_dir} already exists (set overwrite=true to replace it)")
     fleet = dataset.fleet
-    clf, labels, max_length = load_exportable(classifier_dir, fleet, s)
+    clf, labels = load_exportable(classifier_dir, fleet)
     policy = instantiate_policy(dict(policy_config), f"policy '{policy_name}'")
     splits = Splits(*(dataset.matrices(s.splits[k]) for k in ("train", "val", "test")))
     if splits.test.n == 0:
@@ -401,74 +447,78 @@ def export_bundle(
     stage = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
+    options = RuntimeOptions(intra_op_threads=s.intra_op_threads, batch_size=s.batch_size, show_progress=True)
     try:
-        onnx_info, tok_meta = write_graphs(clf, stage, splits.val, max_length, s)
-        cost_model, counter, extra_files = fit_costs(splits.train, splits.val, fleet, stage, max_length, tok_meta, onnx_info,
-                                                     token_counter)
-        meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION, "kind": KIND,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "label_order": labels, "head": clf.head_, "tier_order": [labels[k] for k in clf.tier_order_],
-            "max_length": max_length, "model_names": list(fleet.names), "fleet": fleet.to_dict(),
-            "premium": fleet.premium, "tokenizer": tok_meta, "onnx": onnx_info, "files": FILES | extra_files,
-            "cost_model": cost_model.to_dict(),
-            "expected_output_tokens": cost_model.expected_output_tokens(fleet.names),
-            "default_variant": "fp32",
-        }
-        runtime = OnnxClassifier(stage, meta, intra_op_threads=s.intra_op_threads, batch_size=s.batch_size,
-                                 output_order=fleet.names)
-        runtime.show_progress = True
-        cols = [labels.index(n) for n in fleet.names]
+        node = write_runtime(clf, stage, splits.val, labels, s)
+        runtime = load_runtime(stage, node, options)
+        cost_model, counter, extra_files = fit_costs(splits.train, splits.val, fleet, stage, runtime, token_counter)
 
         texts, tasks = _parity_sample(splits.val, splits.test, s.parity_n, s.seed)
         n_sample = len(texts)
-        edge = _edge_cases(texts, max_length)
+        lengths = [int(n["max_length"]) for _, _, n in walk_nodes(node) if n.get("max_length")]
+        edge = _edge_cases(texts, max(lengths, default=256))
         texts, tasks = texts + edge, tasks + ["unknown"] * len(edge)
-        P_torch, P = parity_probabilities(clf, runtime, texts, cols, s)
+        P_ref, P = parity_probabilities(clf, runtime, texts, list(fleet.names), s)
 
-        pred_fp32 = OnnxPredictor(runtime, "fp32")
         ctx = ReplayContext(test=splits.test, fleet=fleet, train=splits.train, val=splits.val, seed=s.seed,
                             cost_model=cost_model, token_counter=counter)
-        router = PolicyRouter(pred_fp32, policy, name=f"bundle+{policy_name}")
+        router = PolicyRouter(RuntimePredictor(runtime, "fp32", fleet.names), policy, name=f"bundle+{policy_name}")
         op, source_kind, calib_out, warnings = operating_parameter(
             router, ctx, policy, splits, fleet, calibration, default_operating_point, s, dataset.name)
         param = float(op["param"])
 
         cost_sample = cost_model.expected(counter.count(texts), texts=texts)
-        parity, parity_warnings = parity_decisions(runtime, policy, fleet, texts, tasks, cost_sample, P_torch, P,
+        parity, parity_warnings = parity_decisions(runtime, policy, fleet, texts, tasks, cost_sample, P_ref, P,
                                                    param, n_sample, len(edge), s)
-        default_variant = meta["default_variant"] = parity["default_variant"]
+        default_variant = parity["default_variant"]
         warnings += parity_warnings
 
         pconf = dict(policy_config)
-        meta["policy"] = {"name": policy_name, "config": pconf, "param": encode_param(param),
-                          "param_name": policy.name, "param_source": source_kind,
-                          "operating_point": {k: (encode_param(v) if k == "param" else v) for k, v in op.items()}}
-        meta["calibration"] = calib_out
-        meta["governance"] = governance_node(governance, fleet)
-        meta["stickiness"] = dict(stickiness) if stickiness else None
-        meta["parity"] = parity
-        meta["warnings"] = warnings
-        meta["source"] = dict(source or {}) | {"classifier_dir": str(classifier_dir.resolve()),
-                                                "classifier_class": type(clf).__name__,
-                                                "base_model": getattr(clf, "base_model", None),
-                                                "dataset": dataset.name}
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION, "kind": KIND,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "label_order": labels, "model_names": list(fleet.names), "fleet": fleet.to_dict(),
+            "premium": fleet.premium, "classifier": node, "files": extra_files,
+            "cost_model": cost_model.to_dict(),
+            "expected_output_tokens": cost_model.expected_output_tokens(fleet.names),
+            "default_variant": default_variant,
+            "policy": {"name": policy_name, "config": pconf, "param": encode_param(param),
+                       "param_name": policy.name, "param_source": source_kind,
+                       "operating_point": {k: (encode_param(v) if k == "param" else v) for k, v in op.items()}},
+            "calibration": calib_out,
+            "governance": governance_node(governance, fleet),
+            "stickiness": dict(stickiness) if stickiness else None,
+            "parity": parity,
+            "warnings": warnings,
+            "source": dict(source or {}) | {"classifier_dir": str(classifier_dir.resolve()),
+                                            "classifier_class": type(clf).__name__,
+                                            "base_model": _base_model(clf), "dataset": dataset.name},
+        }
         if meta["governance"] is not None:
             instantiate_node(meta["governance"], "governance")  # fail now, not when the server starts
 
         metrics: dict[str, Any] = {"train": dict(train_metrics or {}), "parity": parity}
-        if s.replay:
-            pred = pred_fp32 if default_variant == "fp32" else OnnxPredictor(runtime, default_variant)
-            metrics.update(replay_metrics(dataset, pred, policy_name, pconf, param, cost_model, counter,
-                                          reference_routers, default_variant, s))
+        if s.replay:  # the staged bundle itself: what kronaxis-replay bundle=<dir> and the server run
+            staged = Bundle(stage, _clean(meta), intra_op_threads=s.intra_op_threads, batch_size=s.batch_size)
+            metrics.update(replay_metrics(staged, dataset, reference_routers, s))
         write_files(stage, out_dir, meta, metrics)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
 
     bundle = reload_check(out_dir, texts, P[default_variant], s)
-    log.info("bundle written to %s (id %s, default %s)", out_dir, meta["bundle_id"], default_variant)
+    log.info("bundle written to %s (id %s, %s, default %s)", out_dir, meta["bundle_id"], type(runtime).__name__,
+             default_variant)
     return {"bundle_dir": str(out_dir), "meta": meta, "metrics": metrics, "bundle": bundle}
+
+
+def _base_model(clf) -> str | None:
+    """The pretrained encoder a classifier starts from (None for TF-IDF, rules, composites)."""
+    if getattr(clf, "base_model", None):
+        return str(clf.base_model)
+    emb = getattr(clf, "embedding", None)
+    model = getattr(emb, "model", None) or (emb.get("model") if isinstance(emb, Mapping) else None)
+    return str(model) if model else None
 
 
 def _clean(o: Any, key: str | None = None) -> Any:

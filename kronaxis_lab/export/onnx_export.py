@@ -1,13 +1,17 @@
-"""Classifier → ONNX graph (+ int8 copy). Only transformer tier predictors have a faithful ONNX path.
+"""Transformer → ONNX graph (+ int8 copy): the graph step of every bundle runtime that runs an encoder.
 
-The graph takes the tokenizer's tensors (input_ids, attention_mask and, for BERT-style models,
-token_type_ids; dynamic batch and sequence axes) and returns the raw head `logits` in the classifier's
-`model_names_` order; the post-processing (σ, ordinal running max) stays in numpy (`logits_to_proba`), so
-the same graph serves both heads. Exported with the TorchScript exporter (`torch.onnx.export(...,
-dynamo=False)`): it traces the HF model in one pass and handles dynamic axes for BERT/DistilBERT families.
+`export_graph` writes a Hugging Face model's graph: it takes the tokenizer's tensors (input_ids,
+attention_mask and, for BERT-style models, token_type_ids; dynamic batch and sequence axes) and returns one
+named output — the tier predictor's raw head `logits` (post-processing, σ and the ordinal running max, stays
+in numpy: `heads.logits_to_proba`) or a sentence encoder's `last_hidden_state` (pooling and L2 norm in numpy).
+Exported with the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`): it traces the HF model in one
+pass and handles dynamic axes for BERT/DistilBERT families.
 
 int8: `onnxruntime.quantization.quantize_dynamic` (QInt8 weights, activations quantised on the fly): about
 4× smaller and faster on CPU; its agreement with the fp32 model is checked by the exporter (parity).
+
+Nothing here imports a classifier (classifiers call in to export themselves); torch, onnx and onnxruntime are
+imported when a graph is written.
 """
 
 from __future__ import annotations
@@ -18,32 +22,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import onnx
-import torch
-
-from kronaxis_lab.classifiers.tier_predictor import TierPredictor
-from kronaxis_lab.export.schema import ONNX_INPUTS
+from kronaxis_lab.export.schema import ONNX_INPUTS, ExportError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MIN_OPSET", "ExportError", "export_graph", "export_onnx", "onnx_input_names", "quantize_int8"]
+
 MIN_OPSET = 17
-
-
-class ExportError(ValueError):
-    """The classifier cannot be exported, or the exported graph does not reproduce it."""
-
-
-def check_exportable(klass: type, where: str = "the classifier") -> None:
-    """Raise `ExportError` unless `klass` is a transformer tier predictor (or a subclass, e.g. the student)."""
-    if isinstance(klass, type) and issubclass(klass, TierPredictor):
-        return
-    name = getattr(klass, "__name__", str(klass))
-    raise ExportError(
-        f"{where} is a {name}: it cannot be exported to an ONNX bundle. Exportable classifiers: "
-        f"TierPredictor and StudentTierPredictor (classifier=tier_predictor / tier_predictor_ordinal / student), "
-        "whose transformer graph ONNX represents exactly. The kNN, TF-IDF, rule, MLP and MF routers have no "
-        "faithful ONNX path here (skl2onnx is not installed, and embedding-index lookups and the rule engine "
-        "are not graph operators); serve them from Python or retrain with classifier=tier_predictor.")
+OUTPUTS = ("logits", "last_hidden_state")
 
 
 def onnx_input_names(tokenizer) -> list[str]:
@@ -54,24 +40,36 @@ def onnx_input_names(tokenizer) -> list[str]:
     return names
 
 
-def export_onnx(clf, path: str | Path, opset: int = MIN_OPSET, sample_texts: Sequence[str] | None = None,
-                max_length: int | None = None) -> dict[str, Any]:
-    """Write `clf`'s network (a fitted TierPredictor) to `path`; return {"inputs", "output", "opset"}."""
-    check_exportable(type(clf))
-    if not hasattr(clf, "model_"):
-        raise ExportError(f"this {type(clf).__name__} is not fitted: nothing to export")
+def export_graph(model, tokenizer, path: str | Path, output: str = "logits", opset: int = MIN_OPSET,
+                 sample_texts: Sequence[str] | None = None, max_length: int = 128) -> dict[str, Any]:
+    """Write `model` (a HF PyTorch model) to `path` with one output, `output` (an attribute of the model's
+    output: "logits" or "last_hidden_state"); return {"inputs", "output", "opset"}."""
+    import torch
+
+    if output not in OUTPUTS:
+        raise ExportError(f"graph output must be one of {OUTPUTS}, got {output!r}")
     if int(opset) < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: the bundle needs opset ≥ {MIN_OPSET}")
     path = Path(path)
-    tokenizer, model = clf.tokenizer_, clf.model_
     names = onnx_input_names(tokenizer)
     texts = list(sample_texts or ["a short query", "a longer query, so the traced batch has padding in it"])
-    enc = tokenizer(texts, truncation=True, max_length=max_length or clf.max_length, padding=True,
-                    return_tensors="pt")
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+    class OneOutput(torch.nn.Module):
+        """Positional inputs in a fixed order → one output tensor (what the traced graph returns)."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *tensors):
+            return getattr(self.m(**dict(zip(names, tensors))), output)
+
     was_training, device = model.training, next(model.parameters()).device
     model = model.to("cpu").eval()
-    wrapper = _LogitsOnly(model, names).eval()
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    wrapper = OneOutput(model).eval()
+    out_axes = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {output: out_axes}
     with warnings.catch_warnings():
         # tracer notes about python-side shape checks (constant for a given mask/ids length pairing) and the
         # exporter's own deprecation notice are expected here
@@ -80,27 +78,28 @@ def export_onnx(clf, path: str | Path, opset: int = MIN_OPSET, sample_texts: Seq
         warnings.filterwarnings("ignore", message=".*advanced indexing.*")
         with torch.no_grad():
             torch.onnx.export(wrapper, tuple(enc[n] for n in names), str(path), input_names=names,
-                              output_names=["logits"], dynamic_axes=axes, opset_version=int(opset),
+                              output_names=[output], dynamic_axes=axes, opset_version=int(opset),
                               do_constant_folding=True, dynamo=False)
-    # the exporter restores the wrapper's (default: training) mode recursively: put the classifier back
+    # the exporter restores the wrapper's (default: training) mode recursively: put the model back
     model.train(was_training).to(device)
-    _check_graph(path)
-    log.info("exported %s (%s inputs, opset %d, %.1f MB)", path.name, names, opset, path.stat().st_size / 1e6)
-    return {"inputs": names, "output": "logits", "opset": int(opset)}
+    check_graph(path)
+    log.info("exported %s (%s inputs → %s, opset %d, %.1f MB)", path.name, names, output, opset,
+             path.stat().st_size / 1e6)
+    return {"inputs": names, "output": output, "opset": int(opset)}
 
 
-class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order → the logits tensor only (what the traced graph returns)."""
-
-    def __init__(self, m, input_names):
-        super().__init__()
-        self.m, self.input_names = m, list(input_names)
-
-    def forward(self, *tensors):
-        return self.m(**dict(zip(self.input_names, tensors))).logits
+def export_onnx(clf, path: str | Path, opset: int = MIN_OPSET, sample_texts: Sequence[str] | None = None,
+                max_length: int | None = None) -> dict[str, Any]:
+    """A fitted tier predictor's network (`clf.model_`, `clf.tokenizer_`) → `path`, output = the head logits."""
+    if not hasattr(clf, "model_"):
+        raise ExportError(f"this {type(clf).__name__} is not fitted: nothing to export")
+    return export_graph(clf.model_, clf.tokenizer_, path, "logits", opset, sample_texts,
+                        int(max_length or clf.max_length))
 
 
-def _check_graph(path: Path) -> None:
+def check_graph(path: Path) -> None:
+    import onnx
+
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
@@ -115,6 +114,7 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, re
     `exclude_nodes`: regular expressions; matching graph nodes stay fp32 (e.g. `"layer\\.\\d+/output/dense/MatMul"`,
     the FFN output projections whose post-GELU activations have the widest range).
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy optional dependency
 
     patterns = [re.compile(p) for p in exclude_nodes]

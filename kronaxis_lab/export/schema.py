@@ -2,25 +2,43 @@
 
 `RouterMeta.check(meta, path)` validates a parsed router.json and raises `BundleError` naming the file and
 the field; the file and hash checks (which need the directory) stay in `bundle.validate_meta`.
+
+router.json's `classifier` is a tree of *runtime nodes* (see kronaxis_lab/export/runtimes.py):
+
+    {"kind": "kronaxis_lab.export.runtimes.TfidfLinearRuntime",   # the runtime class (import path)
+     "label_order": [...],                                        # its output columns
+     "files": {"weights": "weights.npz", ...},                    # relative to the node's directory
+     "nodes": {"encoder": {...}, ...},                            # child nodes, each in <node dir>/<name>/
+     ...}                                                         # kind-specific settings
+
+The root node's directory is the bundle directory. A node whose `files` has `onnx_fp32` is an ONNX graph;
+the exporter adds its dynamically quantised copy as `onnx_int8`, which makes "int8" a variant of the bundle.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the classifier is a `classifier` runtime tree (any classifier); 1 was ONNX-only
 KIND = "kronaxis-router-bundle"
 ROUTER_FILE = "router.json"
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-#: variant name → key of router.json `files`
+#: variant name → key of a graph node's `files`; "fp32" is every runtime's reference path (float numpy for
+#: runtimes without a graph), "int8" exists where an ONNX graph was quantised
 VARIANT_FILES = {"fp32": "onnx_fp32", "int8": "onnx_int8"}
+#: runtime classes may only come from this package (a bundle cannot name arbitrary callables)
+RUNTIME_PACKAGE = "kronaxis_lab."
 
 
 class BundleError(ValueError):
     """A bundle directory is missing, incomplete, tampered with or inconsistent."""
+
+
+class ExportError(ValueError):
+    """The classifier cannot be exported, or the exported runtime does not reproduce it."""
 
 
 def encode_param(x: float | None) -> float | str | None:
@@ -43,6 +61,19 @@ def decode_param(x: Any, where: str = "router.json: policy.param") -> float:
     return v
 
 
+def walk_nodes(node: Mapping[str, Any], path: str = "classifier", rel: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(where, directory relative to the bundle, node) for `node` and every child node, depth first."""
+    yield path, rel, node  # the node itself: the exporter adds int8 files in place
+    for name, child in (node.get("nodes") or {}).items():
+        yield from walk_nodes(child, f"{path}.nodes.{name}", f"{rel}{name}/")
+
+
+def tree_variants(node: Mapping[str, Any]) -> list[str]:
+    """Variants of a runtime tree: fp32 always, int8 when some graph node has an int8 file."""
+    int8 = any((n.get("files") or {}).get("onnx_int8") for _, _, n in walk_nodes(node))
+    return ["fp32", "int8"] if int8 else ["fp32"]
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -59,22 +90,40 @@ class PolicyMeta(_Open):
         return v
 
 
-class OnnxMeta(_Open):
-    inputs: list[str]
+class NodeMeta(_Open):
+    """One runtime node (module docstring); `kind` is checked to be a runtime class when the bundle loads."""
 
-    @field_validator("inputs")
+    kind: str | None = None
+    files: dict[str, str | None] = Field(default_factory=dict)
+    nodes: dict[str, "NodeMeta"] = Field(default_factory=dict)
+    onnx: dict[str, Any] | None = None
+
+    @field_validator("kind")
     @classmethod
-    def _known_inputs(cls, v: list[str]) -> list[str]:
-        if not v or "input_ids" not in v or any(i not in ONNX_INPUTS for i in v):
-            raise ValueError(f"onnx.inputs must list input_ids and only {ONNX_INPUTS}, got {v!r}")
+    def _package(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith(RUNTIME_PACKAGE) or "." not in v[len(RUNTIME_PACKAGE):]):
+            raise ValueError(f"kind {v!r} must name a runtime class in {RUNTIME_PACKAGE.rstrip('.')} "
+                             "(module.Class)")
         return v
 
+    @field_validator("nodes")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = [n for n in v if not n or "/" in n or "\\" in n or n in (".", "..")]
+        if bad:
+            raise ValueError(f"child node names {bad} are not plain directory names")
+        return v
 
-class FilesMeta(_Open):
-    onnx_fp32: str
-    tokenizer: str
-    onnx_int8: str | None = None
-    cost_tokenizer: str | None = None
+    @model_validator(mode="after")
+    def _graph(self) -> "NodeMeta":
+        if self.files.get("onnx_fp32"):
+            inputs = (self.onnx or {}).get("inputs")
+            if not inputs or "input_ids" not in inputs or any(i not in ONNX_INPUTS for i in inputs):
+                raise ValueError(f"onnx.inputs must list input_ids and only {ONNX_INPUTS}, got {inputs!r}")
+        for key, rel in self.files.items():
+            if rel and (rel.startswith(("/", "\\")) or ".." in rel.replace("\\", "/").split("/")):
+                raise ValueError(f"files.{key} = {rel!r} must be a path inside the node's directory")
+        return self
 
 
 class RouterMeta(_Open):
@@ -84,16 +133,12 @@ class RouterMeta(_Open):
     kind: str
     created: str
     label_order: list[str] = Field(min_length=1)
-    head: str
-    tier_order: list[str]
-    max_length: int = Field(ge=2)
     fleet: dict[str, Any]
     premium: str
     policy: PolicyMeta
-    files: FilesMeta
+    classifier: NodeMeta
+    files: dict[str, str | None] = Field(default_factory=dict)  # bundle-level files (cost_tokenizer)
     sha256: dict[str, str] = Field(min_length=1)
-    tokenizer: dict[str, Any]
-    onnx: OnnxMeta
     cost_model: dict[str, Any]
     default_variant: str
 
@@ -111,11 +156,15 @@ class RouterMeta(_Open):
                              "outputs must be exactly the fleet's models)")
         if self.premium not in names:
             raise ValueError(f"premium {self.premium!r} is not a fleet model {names}")
-        if sorted(self.tier_order) != sorted(labels):
-            raise ValueError(f"tier_order {self.tier_order!r} must list each model of label_order once")
-        key = VARIANT_FILES.get(self.default_variant)
-        if key is None or not getattr(self.files, key):
-            raise ValueError(f"default_variant {self.default_variant!r} has no ONNX file in 'files'")
+        if not self.classifier.kind:
+            raise ValueError("classifier.kind is missing (the runtime class of the bundle's classifier)")
+        own = getattr(self.classifier, "label_order", None)
+        if own is not None and list(own) != list(labels):
+            raise ValueError(f"classifier.label_order {own} differs from label_order {labels}")
+        variants = tree_variants(self.classifier.model_dump())
+        if self.default_variant not in variants:
+            raise ValueError(f"default_variant {self.default_variant!r} is not a variant of the classifier "
+                             f"({variants})")
         return self
 
     @classmethod

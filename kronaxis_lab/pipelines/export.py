@@ -1,12 +1,20 @@
-"""kronaxis-export: a trained classifier (a kronaxis-train run dir) → a versioned production bundle.
+"""kronaxis-export: any trained classifier (a kronaxis-train run dir) → a versioned production bundle.
 
     kronaxis-export run_dir=outputs/train/<run> hydra.run.dir=<out>            # → <out>/bundle/
     kronaxis-export run_dir=<run> policy=threshold calibration={target:premium_share,value:0.2}
     kronaxis-export run_dir=<run> policies=latency_slo policy=wtp_slo governance=local_cloud
+    kronaxis-export run_dir=<kronaxis-compare out> [compare.dataset=llmrouter]   # the comparison's winner
 
-Writes <out>/bundle/ (model.onnx, model.int8.onnx, tokenizer/, router.json, metrics.json, README.md; see
+Every classifier of configs/classifier/ exports (tier predictor, student, TF-IDF + LR, kNN with its index,
+MLP, MF, rules, fallback, cluster prior, ensemble): the class writes its runtime files (`export_runtime`).
+Writes <out>/bundle/ (router.json, the runtime's files, metrics.json, README.md; see
 kronaxis_lab/export/bundle.py), loadable with `kronaxis_lab.export.bundle.load_bundle`. The dataset is the
 one the classifier was trained on (its train_info.json), unless `dataset=` is given.
+
+A kronaxis-compare output (a dir with comparison.json) as run_dir exports its winner: the trained router with
+the highest **val** AIQ (chosen on val, as compare chose each policy; test is never used to pick), under the
+policy compare picked for it (`compare.use_winner_policy`). The same classifier is also reachable directly,
+`run_dir=<compare out>/<dataset>/train/<label>`.
 """
 
 from __future__ import annotations
@@ -20,18 +28,52 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kronaxis_lab.export.exporter import ExportSettings, check_exportable, classifier_class, export_bundle
-from kronaxis_lab.pipelines.common import CONFIG_DIR, build, load_dataset, output_dir
+from kronaxis_lab.export.schema import ExportError
+from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.pipelines.replay import build_routers, check_split
+from kronaxis_lab.tracking import tracked
 
 log = logging.getLogger("kronaxis_lab.export")
 
 BUNDLE_SUBDIR = "bundle"
+COMPARISON_FILE = "comparison.json"  # what kronaxis-compare writes into its output dir
+
+
+def compare_winner(compare_dir: Path, dataset: str | None = None) -> dict[str, Any]:
+    """The winner of a kronaxis-compare output: {"classifier_dir", "policy", "label", "dataset", "val_aiq"}.
+
+    Among the trained classifiers' rows of comparison.json (those with a `label`), the highest val AIQ; its
+    classifier dir and policy come from the replay entry's `identity` (replay_val/ or replay/ metrics.json),
+    else `<dataset>/train/<label>/classifier`."""
+    doc = json.loads((compare_dir / COMPARISON_FILE).read_text())
+    sections = {str(d["dataset"]): d for d in doc.get("datasets", [])}
+    if dataset is None and len(sections) != 1:
+        raise ValueError(f"{compare_dir} compares {sorted(sections)}: pick one with compare.dataset=<name>")
+    name = str(dataset) if dataset is not None else next(iter(sections))
+    if name not in sections:
+        raise ValueError(f"{compare_dir} has no dataset {name!r} (it has {sorted(sections)})")
+    rows = [r for r in sections[name].get("rows", []) if r.get("label")]
+    if not rows:
+        raise ValueError(f"{compare_dir / COMPARISON_FILE}: no trained classifier in the {name} section")
+    best = max(rows, key=lambda r: float("-inf") if r.get("val_aiq") is None else float(r["val_aiq"]))
+    identity: dict[str, Any] = {}
+    for sub in ("replay_val", "replay"):
+        path = compare_dir / name / sub / "metrics.json"
+        if path.is_file():
+            identity = json.loads(path.read_text()).get("routers", {}).get(best.get("entry"), {}).get("identity", {})
+            if identity:
+                break
+    clf_dir = Path(identity.get("classifier_dir") or compare_dir / name / "train" / best["label"] / "classifier")
+    return {"classifier_dir": clf_dir, "policy": identity.get("policy"), "label": best["label"], "dataset": name,
+            "val_aiq": best.get("val_aiq")}
 
 
 def classifier_dir_of(run_dir: Path) -> Path:
     """`<run>/classifier` for a kronaxis-train run dir; the dir itself when it is a classifier dir."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir {run_dir} does not exist (pass a kronaxis-train output directory)")
+    if (run_dir / COMPARISON_FILE).is_file():
+        return compare_winner(run_dir)["classifier_dir"]
     if (run_dir / "classifier.json").is_file():
         return run_dir
     if (run_dir / "classifier" / "classifier.json").is_file():
@@ -61,7 +103,17 @@ def _dataset_cfg(cfg: DictConfig, info: dict[str, Any]) -> DictConfig:
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     run_dir = Path(str(cfg.run_dir)).expanduser()
-    clf_dir = classifier_dir_of(run_dir)
+    policy_name = str(cfg.policy)
+    if (run_dir / COMPARISON_FILE).is_file():  # a kronaxis-compare output: its winner
+        comp = cfg.get("compare") or {}
+        win = compare_winner(run_dir, comp.get("dataset"))
+        log.info("kronaxis-compare winner on %s: %s (val AIQ %s, policy %s) in %s", win["dataset"], win["label"],
+                 win["val_aiq"], win["policy"], win["classifier_dir"])
+        clf_dir = Path(win["classifier_dir"])
+        if comp.get("use_winner_policy", True) and win["policy"]:
+            policy_name = str(win["policy"])
+    else:
+        clf_dir = classifier_dir_of(run_dir)
     check_exportable(classifier_class(clf_dir), f"{clf_dir} (classifier.json)")  # before loading any data
     info = _train_info(clf_dir)
     dcfg = _dataset_cfg(cfg, info)
@@ -70,10 +122,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ds = load_dataset(dcfg)
 
     policies = cfg.get("policies") or {}
-    if cfg.policy not in policies:
-        raise ValueError(f"policy={cfg.policy} is not in the policies group {sorted(policies)} "
+    if policy_name not in policies:
+        raise ValueError(f"policy={policy_name} is not in the policies group {sorted(policies)} "
                          "(pick one, or select another group, e.g. policies=latency_slo policy=wtp_slo)")
-    policy_node = OmegaConf.to_container(policies[cfg.policy], resolve=True)
+    policy_node = OmegaConf.to_container(policies[policy_name], resolve=True)
     def plain(key: str):
         return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) else None
 
@@ -86,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         quantize_reduce_range=bool(cfg.onnx.quantize.reduce_range),
         quantize_exclude_nodes=tuple(str(x) for x in (cfg.onnx.quantize.get("exclude_nodes") or [])),
         parity_n=int(cfg.parity.n), fp32_max_abs_diff=float(cfg.parity.fp32_max_abs_diff),
+        fp32_min_row_share=float(cfg.parity.fp32_min_row_share),
         int8_min_agreement=float(cfg.parity.int8_min_agreement), prefer_variant=str(cfg.parity.prefer_variant),
         batch_size=int(cfg.runtime.batch_size), intra_op_threads=cfg.runtime.get("intra_op_threads"),
         replay=bool(cfg.metrics.replay), n_boot=int(cfg.metrics.n_boot), seed=int(cfg.seed),
@@ -98,8 +151,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     routers = build_routers(cfg) if cfg.metrics.replay else {}
     counter = build(cfg.tokenizer, "token counter") if cfg.get("tokenizer") else None
     source = {"run_dir": str(run_dir.resolve()), "train_info": {k: v for k, v in info.items() if k != "fleet"}}
-    log.info("exporting %s with policy %s → %s", clf_dir, cfg.policy, out / BUNDLE_SUBDIR)
-    return export_bundle(clf_dir, out / BUNDLE_SUBDIR, ds, policy_name=str(cfg.policy), policy_config=policy_node,
+    log.info("exporting %s with policy %s → %s", clf_dir, policy_name, out / BUNDLE_SUBDIR)
+    return export_bundle(clf_dir, out / BUNDLE_SUBDIR, ds, policy_name=policy_name, policy_config=policy_node,
                          calibration=calib, default_operating_point=dop, governance=gov, stickiness=sticky,
                          reference_routers=routers, settings=settings, train_metrics=train_metrics, source=source,
                          token_counter=counter)
@@ -107,13 +160,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    res = run(cfg)
+    with one_line_errors("kronaxis-export", ExportError, ConfigKindError):  # e.g. a classifier without export
+        res = tracked("export", run, cfg)
     meta = res["meta"]
     par = meta["parity"]
     print(json.dumps({"bundle": res["bundle_dir"], "bundle_id": meta["bundle_id"],
                       "policy": f"{meta['policy']['name']}@{meta['policy']['param']}",
+                      "runtime": meta["classifier"]["kind"].rpartition(".")[2],
                       "default_variant": meta["default_variant"], "fp32_max_abs_diff": par["fp32"]["max_abs_diff"],
-                      "int8_decision_agreement": par["int8"]["decision_agreement"]}, indent=2))
+                      "int8_decision_agreement": (par.get("int8") or {}).get("decision_agreement")}, indent=2))
 
 
 if __name__ == "__main__":
