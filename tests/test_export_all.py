@@ -7,9 +7,7 @@ the encoders) → the bundle holds no pickle (every .npz loads with allow_pickle
 bundle=<dir>` decides exactly as `Bundle.route` on the same texts, and its numbers are the bundle's metrics.json.
 
 Configs whose runtime needs a transformer (tier predictors, and the MiniLM encoder of kNN / MLP / MF / cluster prior
-/ ensemble) export an ONNX graph and are marked slow. The cluster prior and the ensemble gain their
-`export_runtime` from `CLUSTER_PRIOR_EXPORT` / `ENSEMBLE_EXPORT` below when their classes do not define one yet:
-those two functions are the one small method each class needs (kronaxis_lab/export/runtimes.py).
+/ ensemble) export an ONNX graph and are marked slow.
 """
 
 from __future__ import annotations
@@ -24,13 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from hydra.utils import get_class
 from omegaconf import DictConfig, open_dict
 
 from kronaxis_lab.classifiers.base import load_classifier
-from kronaxis_lab.classifiers.calibration import EPS
 from kronaxis_lab.export.bundle import BundleError, load_bundle
-from kronaxis_lab.export.formats import save_arrays, save_tfidf_vectorizer
+from kronaxis_lab.export.formats import save_arrays
 from kronaxis_lab.export.replay import bundle_router_names
 from kronaxis_lab.export.runtimes import RulesRuntime, TfidfLinearRuntime
 from kronaxis_lab.export.schema import ExportError
@@ -53,53 +49,6 @@ MODELS = {"weak": {"tier": 0, "price_in": 0.1, "price_out": 0.4},
 
 
 # -- the reference export hooks of the two classifiers written beside this work ----------------------------------
-def CLUSTER_PRIOR_EXPORT(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
-    """`ClusterPriorRouter.export_runtime` → `ClusterPriorRuntime`: centroids + rates, and the features' writer."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    node: dict[str, Any] = {"kind": "kronaxis_lab.export.runtimes.ClusterPriorRuntime",
-                            "label_order": list(self.model_names_), "features": self.features,
-                            "temperature": float(self.temperature_), "files": {"clusters": "clusters.npz"},
-                            "nodes": {}}
-    arrays = {"centroids": self.centroids_, "rates": self.rates_}
-    if self.features == "embedding":
-        node["nodes"]["encoder"] = self.embedder.export_runtime(directory / "encoder", **graph_options)
-    else:
-        save_tfidf_vectorizer(self.vectorizer_, directory / "vectorizer.json")
-        node["files"]["vectorizer"] = "vectorizer.json"
-        if self.svd_ is not None:
-            arrays["components"] = self.svd_.components_
-    save_arrays(directory / "clusters.npz", **arrays)
-    return node
-
-
-def ENSEMBLE_EXPORT(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
-    """`EnsembleRouter.export_runtime` → `StackedEnsembleRuntime`: members in <name>/, the combiner's arrays."""
-    directory = Path(directory)
-    nodes = {n: m.export_runtime(directory / n, **graph_options) for n, m in self.members_.items()}
-    node: dict[str, Any] = {"kind": "kronaxis_lab.export.runtimes.StackedEnsembleRuntime",
-                            "label_order": list(self.model_names_), "members": list(nodes), "nodes": nodes,
-                            "combiner": self.combiner, "use_all_models": bool(self.use_all_models), "eps": EPS,
-                            "files": {}}
-    if self.combiner == "logreg":
-        save_arrays(directory / "combiner.npz", coef=self.coef_, intercept=self.intercept_)
-        node["files"]["combiner"] = "combiner.npz"
-    return node
-
-
-REFERENCE_HOOKS = {"kronaxis_lab.classifiers.cluster_prior.ClusterPriorRouter": CLUSTER_PRIOR_EXPORT,
-                   "kronaxis_lab.classifiers.ensemble.EnsembleRouter": ENSEMBLE_EXPORT}
-
-
-@pytest.fixture(autouse=True)
-def export_hooks(monkeypatch):
-    """Give the two new classifiers their reference `export_runtime` until their classes define one."""
-    for path, hook in REFERENCE_HOOKS.items():
-        cls = get_class(path)
-        if not callable(getattr(cls, "export_runtime", None)):
-            monkeypatch.setattr(cls, "export_runtime", hook, raising=False)
-
-
 # -- data and training ------------------------------------------------------------------------------------------
 def routing_dataset(directory: Path, n: int = 150, seed: int = 0, open_fleet: bool = False) -> Path:
     """Three models, cheapest first in the fleet; hard queries (proofs, integrals) fail on `weak`, code fails on

@@ -32,6 +32,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
+from kronaxis_lab.export.formats import save_arrays, save_tfidf_vectorizer
+
 from .base import Classifier, as_queries, check_fit_inputs, to_plain
 from .calibration import log_loss
 from .embedding import Embedder, UsesEmbedder
@@ -205,6 +207,25 @@ class ClusterPriorRouter(UsesEmbedder, Classifier):
         return np.clip(self.cluster_proba(queries) @ self.rates_, 0.0, 1.0)
 
     # -- state ------------------------------------------------------------------------------------
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """`ClusterPriorRouter.export_runtime` → `ClusterPriorRuntime`: centroids + rates, and the features' writer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        node: dict[str, Any] = {"kind": "kronaxis_lab.export.runtimes.ClusterPriorRuntime",
+                                "label_order": list(self.model_names_), "features": self.features,
+                                "temperature": float(self.temperature_), "files": {"clusters": "clusters.npz"},
+                                "nodes": {}}
+        arrays = {"centroids": self.centroids_, "rates": self.rates_}
+        if self.features == "embedding":
+            node["nodes"]["encoder"] = self.embedder.export_runtime(directory / "encoder", **graph_options)
+        else:
+            save_tfidf_vectorizer(self.vectorizer_, directory / "vectorizer.json")
+            node["files"]["vectorizer"] = "vectorizer.json"
+            if self.svd_ is not None:
+                arrays["components"] = self.svd_.components_
+        save_arrays(directory / "clusters.npz", **arrays)
+        return node
+
     def save_state(self, directory: Path) -> None:
         np.savez(directory / STATE_FILE, centroids=self.centroids_, rates=self.rates_, global_rate=self.global_rate_)
         meta = {"n_clusters": self.n_clusters_, "temperature": self.temperature_, "selection": self.selection_}

@@ -36,6 +36,8 @@ from hydra.utils import instantiate
 from scipy.special import expit, logit
 from tqdm.auto import tqdm
 
+from kronaxis_lab.export.formats import save_arrays
+
 from .base import Classifier, as_queries, check_fit_inputs, load_classifier, to_plain
 from .calibration import EPS, log_loss
 
@@ -220,6 +222,19 @@ class EnsembleRouter(Classifier):
         return self._combine(self.member_predictions(queries))
 
     # -- state ------------------------------------------------------------------------------------
+    def export_runtime(self, directory: Path, **graph_options: Any) -> dict[str, Any]:
+        """`EnsembleRouter.export_runtime` → `StackedEnsembleRuntime`: members in <name>/, the combiner's arrays."""
+        directory = Path(directory)
+        nodes = {n: m.export_runtime(directory / n, **graph_options) for n, m in self.members_.items()}
+        node: dict[str, Any] = {"kind": "kronaxis_lab.export.runtimes.StackedEnsembleRuntime",
+                                "label_order": list(self.model_names_), "members": list(nodes), "nodes": nodes,
+                                "combiner": self.combiner, "use_all_models": bool(self.use_all_models), "eps": EPS,
+                                "files": {}}
+        if self.combiner == "logreg":
+            save_arrays(directory / "combiner.npz", coef=self.coef_, intercept=self.intercept_)
+            node["files"]["combiner"] = "combiner.npz"
+        return node
+
     def save_state(self, directory: Path) -> None:
         for n, m in self.members_.items():
             m.save_pretrained(directory / MEMBERS_DIR / n)
