@@ -215,6 +215,10 @@ def _script(name: str) -> str:
     return (_HERE / name).read_text(encoding="utf-8")
 
 
+#: seconds the candidate may take to exit after the tests' side is done (then it is SIGKILLed)
+CANDIDATE_GRACE_S = 1.0
+
+
 def run_tests(sandbox: Sandbox, candidate: str, tests: dict) -> SandboxResult:
     """Run `candidate` and `tests` in two sandboxes joined by two pipes; the verdict is the tests' side's.
 
@@ -237,7 +241,10 @@ def run_tests(sandbox: Sandbox, candidate: str, tests: dict) -> SandboxResult:
     try:
         with cand, harness:
             exited = harness.wait(sandbox.timeout_s - (time.monotonic() - t0))
-            cand.kill()
+            # the harness closing its pipes ends the candidate's call loop: a short grace lets it exit (and flush
+            # its stdout) by itself; whatever still runs then is killed. The verdict is already on its pipe.
+            if not cand.wait(CANDIDATE_GRACE_S):
+                cand.kill()
             tests_res, cand_res = harness.finish(timed_out=not exited), cand.finish()
         verdict = _read_verdict(verdict_r)
     finally:
