@@ -34,10 +34,10 @@ from kronaxis_lab.serving.detectors import (
     body_leaves,
     body_strings,
     body_texts,
+    default_detectors,
     is_combining_mark,
     map_char,
     normalise,
-    default_detectors,
 )
 from kronaxis_lab.serving.governance import GovernanceConfigError, GovernancePolicy, luhn_valid
 from tests.conftest import CONFIGS, FIXTURES, ROOT

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from kronaxis_lab.data.fleet import Fleet
+from kronaxis_lab.serving.detectors import default_detectors
 from kronaxis_lab.serving.governance import (
     CARD_IIN_RANGES,
     IBAN_LENGTHS,
@@ -26,7 +27,6 @@ from kronaxis_lab.serving.governance import (
     legacy_detectors,
     luhn_valid,
 )
-from kronaxis_lab.serving.detectors import default_detectors
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "governance"

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from kronaxis_lab.serving.app import create_app
 from kronaxis_lab.serving.auth import KeyStore, RateLimiter, auth_enabled, hash_key
 from kronaxis_lab.serving.batching import InferenceBatcher
-from kronaxis_lab.serving.engine import SURROGATE
 from kronaxis_lab.serving.detectors import default_detectors
+from kronaxis_lab.serving.engine import SURROGATE
 from kronaxis_lab.serving.governance import Detector, GovernancePolicy
 from kronaxis_lab.serving.settings import AuthSettings, ServeConfigError, ServeSettings
 from tests.conftest import compose
