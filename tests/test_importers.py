@@ -143,7 +143,9 @@ def test_routerbench_dir_with_train_test_pairs():
     # the train row with an empty model cell is dropped whole
     assert ds.info["missing_cells"] == 1
     assert "rb-mmlu-astronomy_train-mmlu-astronomy.train.3" not in set(ds.queries["query_id"])
-    assert ds.queries.groupby("split").size().to_dict() == {"test": 4, "train": 7}
+    # train/test files, no val file: the train question whose key hashes to val is carved into val
+    assert ds.queries.groupby("split").size().to_dict() == {"test": 4, "train": 6, "val": 1}
+    assert ds.info["val_carved_from_train"] == 1 and ds.info["dropped_missing_outcome"] == 1
     q = ds.queries.set_index("query_id")
     row = q.loc["rb-gsm8k_test-gsm8k.test.0"]
     assert row["text"].startswith("If 4 pens cost $6")

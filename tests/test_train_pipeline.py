@@ -188,7 +188,13 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
     by = {row["router"].split(" (")[0]: row for row in r["rows"]}
     assert by["tfidf"]["aiq"] > by["random"]["aiq"] + 0.02 and by["tfidf"]["train_s"] > 0
     assert (tmp_path / "saved/train/tfidf/classifier/classifier.json").is_file()
-    assert r["focus"] == "tfidf" and "focus_minus" not in by["tfidf"]
+    # the winner: the trained classifier with the highest val AIQ (never a reference router), in comparison.json
+    trained = [row for row in r["rows"] if row["kind"] == "classifier"]
+    w = r["winner"]
+    assert w["label"] == max(trained, key=lambda row: row["val_aiq"])["label"] == "tfidf"
+    assert w["classifier_dir"] == str(tmp_path / "saved/train/tfidf/classifier") and w["test_aiq"] == by["tfidf"]["aiq"]
+    assert json.loads((tmp_path / "comparison.json").read_text())["datasets"][0]["winner"] == w
+    assert r["focus"] == "tfidf" and "focus_minus" not in by["tfidf"]  # focus: the winner
     d = by["random"]["focus_minus"]["aiq"]  # tfidf − random: learnable data, so clearly above 0
     assert d["diff"] == pytest.approx(by["tfidf"]["aiq"] - by["random"]["aiq"]) and d["lo"] > 0
     md = (tmp_path / "comparison.md").read_text()
@@ -201,6 +207,7 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
     compare_run(compose("compare", [*over[:2], "classifiers=['tfidf:tfidf_logreg@classifier.C=0.5']", "bootstrap.n=0"],
                         tmp_path))
     assert clf_json.stat().st_mtime_ns != mtime
+    assert "ensemble" in compose("compare", [], tmp_path).classifiers  # the default set includes the ensemble
     assert parse_spec("tp1:tier_predictor@classifier.x=1@targets.kind=relaxed") == (
         "tp1", ["classifier=tier_predictor", "classifier.x=1", "targets.kind=relaxed"])
     for bad in (["a+b:rules"], ["rules", "rules"]):

@@ -4,11 +4,16 @@ A query's split is a seeded hash of its *normalised question key*, so the same q
 split in every source and every run: an MMLU question recorded by RouteLLM and by LLMRouter can never be
 in train once and in test once. Sources that ship their own train/test files keep them, and any train
 query whose key also occurs in test is removed from train (`drop_test_overlap`).
+
+Few-shot prompts (RouterBench's) begin with the same demonstrations for every prompt of a task, so the
+question is what follows them: `final_questions` strips the prefix that most prompts of a group share, and the
+key is taken from the rest. `question_key` itself is unchanged for single-question prompts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 
@@ -37,6 +42,56 @@ def question_key(text: str) -> str:
 
 def question_keys(texts: pd.Series) -> pd.Series:
     return texts.astype(str).map(question_key)
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    """Length of the common prefix: binary search over slice comparisons (C speed; demonstrations run to kB)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def shared_prefix(texts: list[str], min_share: float = 0.5, min_prompts: int = 3) -> str:
+    """The longest prefix that at least max(2, ⌈min_share·n⌉) of the n distinct `texts` start with, cut back to
+    its last blank line (else its last line break), so it never ends inside a line of the question; "" when
+    fewer than `min_prompts` distinct texts or no such prefix.
+
+    Among sorted strings the prefix common to k of them is the common prefix of some k consecutive ones
+    (first and last of the window), so one pass over the n − k + 1 windows finds it. Distinct texts only: a
+    prompt repeated k times must not count as k prompts sharing all of itself."""
+    uniq = sorted(set(texts))
+    n = len(uniq)
+    if n < max(2, int(min_prompts)):
+        return ""
+    k = max(2, math.ceil(float(min_share) * n))
+    i = max(range(n - k + 1), key=lambda i: _common_prefix_len(uniq[i], uniq[i + k - 1]))
+    best = uniq[i][: _common_prefix_len(uniq[i], uniq[i + k - 1])]
+    cut = best.rfind("\n\n")
+    cut = cut + 2 if cut >= 0 else best.rfind("\n") + 1
+    return best[:cut]
+
+
+def final_questions(texts: pd.Series, groups: pd.Series, min_share: float = 0.5, min_prompts: int = 3
+                    ) -> tuple[pd.Series, pd.Series]:
+    """(question, stripped) per text: the text after the `shared_prefix` of its group (a few-shot prompt's
+    demonstrations, an instruction every prompt of a task repeats), leading whitespace dropped; the text
+    itself where it does not start with the prefix or nothing would be left."""
+    texts = texts.astype(str)
+    out = texts.copy()
+    for _, idx in texts.groupby(groups.astype(str), sort=False).groups.items():
+        group = texts.loc[idx]
+        prefix = shared_prefix(group.tolist(), min_share, min_prompts)
+        if not prefix:
+            continue
+        rest = group.str.slice(len(prefix)).str.lstrip()
+        take = group.str.startswith(prefix) & rest.str.len().gt(0)
+        out.loc[take[take].index] = rest[take]
+    return out, out.ne(texts)
 
 
 def hash_splits(keys: pd.Series, fractions: dict[str, float], seed: int = 0) -> pd.Series:

@@ -10,9 +10,13 @@ name) names its run dir and its rows in the report.
 
 Per dataset: `kronaxis-train` each classifier on the train split (val drives early stopping), then one
 `kronaxis-replay` of the **val** split to choose each classifier's policy (highest val AIQ) and one of the
-**test** split whose numbers are reported, so nothing is tuned on test. Writes `<out>/<dataset>/train/<label>/`,
-`<out>/<dataset>/replay{,_val}/` (metrics.json, report.md, cost_quality.png with every router's curve) and
-`<out>/comparison.{md,json}`.
+**test** split whose numbers are reported, so nothing is tuned on test. The **winner** is the trained
+classifier (under its val-chosen policy) with the highest val AIQ, ties to the first listed; the reference
+routers never win (the task prior reads labels production lacks, oracle reads outcomes). It is printed first,
+and comparison.json holds it per dataset: `winner: {label, classifier, classifier_dir, policy, val_aiq,
+test_aiq, export_command}` (`kronaxis-export run_dir=<classifier_dir> policy=<policy>`). Writes
+`<out>/<dataset>/train/<label>/`, `<out>/<dataset>/replay{,_val}/` (metrics.json with dataset_info, report.md,
+cost_quality.png with every router's curve) and `<out>/comparison.{md,json}`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from kronaxis_lab.pipelines.common import CONFIG_DIR, output_dir
 from kronaxis_lab.pipelines.replay import run as replay_run
 from kronaxis_lab.pipelines.train import run as train_run
 from kronaxis_lab.routing.replay import paired_bootstrap
+from kronaxis_lab.tracking import tracked
 
 log = logging.getLogger("kronaxis_lab.compare")
 
@@ -90,6 +95,31 @@ def _row(name: str, r: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"router": name, **{c: r.get(c) for c in COLUMNS[1:6]}, **extra}
 
 
+def pick_winner(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The trained classifier row with the highest val AIQ (ties: the first listed), as the `winner` entry."""
+    def val_aiq(r: dict[str, Any]) -> float:
+        v = r.get("val_aiq")
+        return float("-inf") if v is None or v != v else float(v)
+
+    trained = [r for r in rows if r.get("kind") == "classifier"]
+    if not trained:
+        raise ValueError("compare: no trained classifier to name a winner from")
+    best = max(trained, key=val_aiq)  # max keeps the first of equal keys
+    identity = metrics[best["entry"]]["identity"]
+    return {"label": best["label"], "classifier": identity["classifier"], "classifier_dir": identity["classifier_dir"],
+            "policy": identity["policy"], "entry": best["entry"], "val_aiq": best.get("val_aiq"),
+            "test_aiq": best.get("aiq"),
+            "export_command": f"kronaxis-export run_dir={identity['classifier_dir']} policy={identity['policy']}"}
+
+
+def winner_line(dataset: str, w: dict[str, Any]) -> str:
+    def f(v: Any) -> str:
+        return "—" if v is None or v != v else f"{v:.4f}"
+
+    return (f"winner on {dataset}: {w['label']} ({w['policy']}), val AIQ {f(w['val_aiq'])}, test AIQ "
+            f"{f(w['test_aiq'])}; export: {w['export_command']}")
+
+
 def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str],
                 boot: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     dirs: dict[str, str] = {}
@@ -125,16 +155,18 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
     for label in classifiers:  # each classifier's entries carry their identity (classifier_dir, policy)
         best = pick_policy_on_val(mv, dirs[label])
         rows.append(_row(f"{label} ({m[best]['identity']['policy']})", m[best], entry=best, label=label,
-                         val_aiq=mv[best].get("aiq"), **trained[label]))
+                         kind="classifier", val_aiq=mv[best].get("aiq"), **trained[label]))
     res = test["result"]
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
         if ref in m:
-            rows.append(_row(ref, m[ref], entry=ref, val_aiq=mv.get(ref, {}).get("aiq")))
+            rows.append(_row(ref, m[ref], entry=ref, label=ref, kind="reference", val_aiq=mv.get(ref, {}).get("aiq")))
+    winner = pick_winner(rows, m)
+    log.info("[%s] %s", dataset, winner_line(dataset, winner))
     boot = boot or {}
     focus = None
     if int(boot.get("n") or 0) > 0:  # is the focus classifier's lead real? paired bootstrap over test queries
-        focus = boot.get("focus") or next(iter(classifiers))
-        frow = next((r for r in rows if r.get("label") == focus), None)
+        focus = boot.get("focus") or winner["label"]
+        frow = next((r for r in rows if r["kind"] == "classifier" and r["label"] == focus), None)
         if frow is None:
             raise ValueError(f"compare: bootstrap.focus '{focus}' is not one of the classifiers {list(classifiers)}")
         others = [r["entry"] for r in rows if r is not frow and not r["entry"].startswith("always:")
@@ -143,8 +175,8 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
         for r in rows:
             if r["entry"] in diffs:
                 r["focus_minus"] = diffs[r["entry"]]
-    return {"dataset": dataset, "n_test": res.n_queries, "rows": rows, "report": test["paths"]["report"],
-            "focus": focus, "n_boot": int(boot.get("n") or 0),
+    return {"dataset": dataset, "n_test": res.n_queries, "winner": winner, "rows": rows,
+            "report": test["paths"]["report"], "focus": focus, "n_boot": int(boot.get("n") or 0),
             "plot": test["paths"]["cost_quality"]}
 
 
@@ -179,8 +211,10 @@ def render_markdown(results: list[dict[str, Any]], minutes: float) -> str:
             "every other number is on **test**. AIQ: RouterBench's area under the cost-quality hull; savings and CPAO\n"
             "at 95 % of the premium model's accuracy (— = never reaches it). `<focus> − this`: the difference between\n"
             "the focus classifier and each router, with a paired-bootstrap 95 % interval over the test queries (the\n"
-            f"same resample for both; {n_boot} resamples). Total {minutes:.1f} min.\n\n")
-    sections = [f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n{format_table(r['rows'], r.get('focus'))}\n\n"
+            f"same resample for both; {n_boot} resamples). The winner: the trained classifier with the highest\n"
+            f"val AIQ (reference routers never win). Total {minutes:.1f} min.\n\n")
+    sections = [f"## {r['dataset']} ({r['n_test']:,} test queries)\n\n**{winner_line(r['dataset'], r['winner'])}**"
+                f"\n\n{format_table(r['rows'], r.get('focus'))}\n\n"
                 f"Report with every router's curve: `{r['report']}`\n" for r in results]
     return head + "\n".join(sections)
 
@@ -206,7 +240,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
 def main(cfg: DictConfig) -> None:
-    res = run(cfg)
+    res = tracked("compare", run, cfg)
+    print("\n".join(winner_line(r["dataset"], r["winner"]) for r in res["results"]) + "\n")
     print(res["markdown"])
     print(f"written: {res['paths']['markdown']}")
 

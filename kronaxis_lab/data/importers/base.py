@@ -4,6 +4,13 @@ An importer reads public recorded data from the data directory and returns a `Ro
 It only has to produce the raw queries and outcomes; `Importer.build` does the rest the same way
 for every source: splits (leak-free, by normalised question key), token counts where missing (real
 tokenizer), cost where missing (tokens × fleet prices), and validation.
+
+Splits: a query the source gives no split gets the seeded hash split of its key. When the source gives
+splits but no val (RouterBench's `<task>_train` / `<task>_test` files), val is carved from the given train:
+a train query whose key hashes to val moves there (about the configured val share of train, the same
+questions as the hash split would pick, never a key on both sides). Then every non-test query whose key
+also occurs in test is dropped. `dataset.info` counts what each rule did (`dropped_*`, `val_carved_from_train`,
+plus what `read` reports in `read_info`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from kronaxis_lab.data.tables import RoutingDataset, TableError
 from kronaxis_lab.data.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
+
+#: above this share of train/val queries dropped as overlapping test, the split keys probably do not identify
+#: questions (e.g. few-shot prompts keyed on their first demonstration): warn instead of training on the rest
+LEAK_WARN_SHARE = 0.2
 
 
 class Importer(ABC):
@@ -49,6 +60,7 @@ class Importer(ABC):
         self.limit = limit
         if name:
             self.name = name
+        self.read_info: dict[str, Any] = {}  # counts `read` reports (rows dropped, ids renamed): copied into info
 
     # -- to implement --------------------------------------------------------------------------------
     @abstractmethod
@@ -84,22 +96,36 @@ class Importer(ABC):
         queries["category"] = queries["category"].fillna(queries["task"])
         # an importer may give its own split key (e.g. MT-Bench turn 2 must follow its turn 1)
         keys = question_keys(queries["split_key"] if "split_key" in queries.columns else queries["text"])
-        if "split" not in queries.columns or queries["split"].isna().all():
-            queries["split"] = hash_splits(keys, dict(self.split_cfg["fractions"]), int(self.split_cfg["seed"]))
-        else:
-            missing = queries["split"].isna()
-            if missing.any():
-                queries.loc[missing, "split"] = hash_splits(
-                    keys[missing], dict(self.split_cfg["fractions"]), int(self.split_cfg["seed"])
-                )
+        queries["split"], info["val_carved_from_train"] = self.assign_splits(queries.get("split"), keys)
         queries, n_leak = drop_test_overlap(queries, keys)
         info["dropped_train_overlapping_test"] = n_leak
+        n_rest = int((queries["split"] != "test").sum()) + n_leak
+        if n_leak > LEAK_WARN_SHARE * max(n_rest, 1):
+            log.warning("%s: %d of %d train/val queries dropped because their question key also occurs in test: "
+                        "do the split keys identify questions?", self.name, n_leak, n_rest)
         outcomes = outcomes[outcomes["query_id"].isin(queries["query_id"])].copy()
         fleet = self.fleet(outcomes)
         outcomes = self._fill_usage(queries, outcomes, fleet)
+        info.update(self.read_info)
         info["n_queries"] = int(len(queries))
         info["splits"] = {k: int(v) for k, v in queries["split"].value_counts().items()}
         return RoutingDataset(queries=queries, outcomes=outcomes, fleet=fleet, name=self.name, info=info)
+
+    def assign_splits(self, given: pd.Series | None, keys: pd.Series) -> tuple[pd.Series, int]:
+        """(split per query, n carved into val): given splits kept, the rest hashed, val carved from a given
+        train that comes without val (module docstring)."""
+        fractions, seed = dict(self.split_cfg["fractions"]), int(self.split_cfg["seed"])
+        hashed = hash_splits(keys, fractions, seed)
+        if given is None:
+            return hashed, 0
+        given = given.astype("string")
+        split = given.fillna(hashed)
+        n_carved = 0
+        if given.notna().any() and not given.eq("val").any() and fractions.get("val", 0) > 0:
+            carve = given.eq("train").fillna(False) & hashed.eq("val")
+            split[carve] = "val"
+            n_carved = int(carve.sum())
+        return split, n_carved
 
     def _counter(self) -> TokenCounter:
         if self.token_counter is None:
@@ -115,8 +141,10 @@ class Importer(ABC):
                 out[col] = np.nan if col in ("latency_s", "input_tokens", "output_tokens", "cost_usd") else None
         need_in = out["input_tokens"].isna()
         if need_in.any():
-            # the prompt is the same for every model: count each query once
-            counts = pd.Series(self._counter().count(queries["text"].tolist()), index=queries["query_id"].to_numpy())
+            # the prompt is the same for every model: count each query once, on the whole prompt the models read
+            # (`prompt`, when an importer keys and routes on part of it, e.g. a few-shot prompt's final question)
+            prompt = queries["prompt"].fillna(queries["text"]) if "prompt" in queries.columns else queries["text"]
+            counts = pd.Series(self._counter().count(prompt.tolist()), index=queries["query_id"].to_numpy())
             out.loc[need_in, "input_tokens"] = out.loc[need_in, "query_id"].map(counts).to_numpy()
         need_out = out["output_tokens"].isna()
         has_resp = need_out & out["response"].notna()

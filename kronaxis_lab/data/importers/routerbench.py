@@ -11,12 +11,22 @@ columns that have a `|total_cost` companion. The $ of every call is recorded, so
 fleet is derived from the file: tiers rank the models by mean cost per call (0 = cheapest).
 A (row, model) cell with an empty score is a missing outcome: `missing="drop_query"` (default) drops
 that prompt so every router is compared on the same set; `missing="error_row"` keeps it as an error row.
+
+What the published files need (all counted in `dataset.info`):
+- Few-shot prompts: every prompt of an `eval_name` begins with the same demonstrations. With `final_question`
+  (default) `text` is what follows the prefix most prompts of the eval_name share (`splits.final_questions`):
+  the split key and the text routers train on. The demonstrations carry no routing signal, and a 128-token
+  encoder would see nothing else. The whole prompt stays in `messages` and is what input tokens are counted on.
+- Repeated `sample_id` values (different prompts under one id) get `#<n>` appended from the second occurrence
+  on, with a warning giving the count.
+- `<task>_train` / `<task>_test` files and no val file: val is carved from train (importers/base.py).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +35,56 @@ import pandas as pd
 
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.importers.base import Importer
+from kronaxis_lab.data.splits import final_questions
 from kronaxis_lab.data.store import DataStore
 from kronaxis_lab.data.tables import TableError
+
+log = logging.getLogger(__name__)
 
 COST_SUFFIX = "|total_cost"
 RESPONSE_SUFFIX = "|model_response"
 _READERS = {".csv": pd.read_csv, ".pkl": pd.read_pickle, ".pickle": pd.read_pickle, ".parquet": pd.read_parquet}
 
 
-def _prompt_text(raw: Any) -> tuple[str, str | None]:
-    """(text, messages JSON) from a plain prompt or a Python-list string of turns."""
+def _prompt_turns(raw: Any) -> list[str]:
+    """The turns of a plain prompt (one) or of a Python-list string of turns."""
     if isinstance(raw, (list, tuple)):
-        turns = [str(t) for t in raw]
-    else:
-        s = "" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else str(raw)
-        turns = None
-        if s.startswith("[") and s.endswith("]"):
-            try:
-                val = ast.literal_eval(s)
-                if isinstance(val, (list, tuple)) and all(isinstance(t, str) for t in val):
-                    turns = list(val)
-            except (ValueError, SyntaxError):
-                turns = None
-        if turns is None:
-            return s, None
-    return "\n\n".join(turns), json.dumps([{"role": "user", "content": t} for t in turns])
+        return [str(t) for t in raw]
+    s = "" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else str(raw)
+    if s.startswith("[") and s.endswith("]"):
+        try:
+            val = ast.literal_eval(s)
+        except (ValueError, SyntaxError):
+            return [s]
+        if isinstance(val, (list, tuple)) and all(isinstance(t, str) for t in val):
+            return list(val)
+    return [s]
+
+
+def _messages(turns: list[str]) -> str:
+    return json.dumps([{"role": "user", "content": t} for t in turns])
+
+
+def unique_ids(ids: pd.Series) -> tuple[pd.Series, int]:
+    """(ids, n renamed): the second and later occurrences of an id get `#<n>` (n = 1, 2, ...) appended."""
+    ids = ids.astype(str).reset_index(drop=True)
+    nth = ids.groupby(ids).cumcount()
+    out = ids.where(nth.eq(0), ids + "#" + nth.astype(str))
+    if out.duplicated().any():  # an id that already ended in '#<n>'
+        raise TableError(f"sample_id values stay duplicated after renaming: {out[out.duplicated()].head(3).tolist()}")
+    return out, int(nth.gt(0).sum())
 
 
 class RouterBenchImporter(Importer):
     name = "routerbench"
 
-    def __init__(self, path: str | None = None, missing: str = "drop_query", count_tokens: bool = True, **kw):
+    def __init__(self, path: str | None = None, missing: str = "drop_query", count_tokens: bool = True,
+                 final_question: bool = True, shared_prefix_min_share: float = 0.5, **kw):
         super().__init__(**kw)
         if missing not in ("drop_query", "error_row"):
             raise ValueError(f"routerbench: missing must be 'drop_query' or 'error_row', got '{missing}'")
         self.path, self.missing, self.count_tokens = path, missing, count_tokens
+        self.final_question, self.shared_prefix_min_share = bool(final_question), float(shared_prefix_min_share)
 
     def _files(self) -> list[tuple[Path, str | None]]:
         if not self.path:
@@ -95,6 +120,7 @@ class RouterBenchImporter(Importer):
     def read(self, store: DataStore) -> tuple[pd.DataFrame, pd.DataFrame]:
         qs, outs = [], []
         models: list[str] | None = None
+        renamed = 0
         for path, split in self._files():
             df = self._read(path)
             file_models = [c[: -len(COST_SUFFIX)] for c in df.columns if c.endswith(COST_SUFFIX)]
@@ -104,14 +130,17 @@ class RouterBenchImporter(Importer):
             if models is not None and set(file_models) != set(models):
                 raise TableError(f"{path}: models {sorted(file_models)} differ from the other files' {sorted(models)}")
             models = file_models
-            sid = df["sample_id"].astype(str) if "sample_id" in df.columns else pd.Series(df.index.astype(str))
-            qid = (f"rb-{path.stem}-" + sid.reset_index(drop=True)).to_numpy()
-            if pd.Series(qid).duplicated().any():
-                dup = pd.Series(qid)[pd.Series(qid).duplicated()]
-                raise TableError(f"{path}: duplicate sample_id values {dup.head(3).tolist()}")
-            parsed = [_prompt_text(p) for p in df["prompt"].tolist()]
+            sid = df["sample_id"] if "sample_id" in df.columns else pd.Series(df.index)
+            sid, n_renamed = unique_ids(sid)
+            if n_renamed:
+                log.warning("%s: %d rows repeat a sample_id of an earlier row; renamed '<sample_id>#<n>'",
+                            path, n_renamed)
+            renamed += n_renamed
+            qid = (f"rb-{path.stem}-" + sid).to_numpy()
+            turns = [_prompt_turns(p) for p in df["prompt"].tolist()]
             task = df["eval_name"].astype(str).to_numpy() if "eval_name" in df.columns else np.full(len(df), path.stem)
-            qs.append(pd.DataFrame({"query_id": qid, "text": [t for t, _ in parsed], "messages": [m for _, m in parsed],
+            qs.append(pd.DataFrame({"query_id": qid, "prompt": ["\n\n".join(t) for t in turns],
+                                    "messages": [_messages(t) if len(t) > 1 else None for t in turns],
                                     "task": task, "split": split, "source": f"routerbench/{path.name}"}))
             for m in models:
                 score = pd.to_numeric(df[m], errors="coerce").to_numpy()
@@ -127,9 +156,8 @@ class RouterBenchImporter(Importer):
         queries = pd.concat(qs, ignore_index=True)
         out = pd.concat(outs, ignore_index=True)
         missing = out["score"].isna() | out["cost_usd"].isna()
-        self.n_missing_cells = int(missing.sum())
+        bad_q = set(out.loc[missing, "query_id"])
         if self.missing == "drop_query":
-            bad_q = set(out.loc[missing, "query_id"])
             queries = queries[~queries["query_id"].isin(bad_q)]
             out = out[~out["query_id"].isin(bad_q)]
         else:
@@ -137,7 +165,19 @@ class RouterBenchImporter(Importer):
             out.loc[missing, ["score", "cost_usd"]] = [0.0, 0.0]
         if not self.count_tokens:
             out["input_tokens"], out["output_tokens"] = 0, 0
-        return queries.reset_index(drop=True), out.reset_index(drop=True)
+        queries = queries.reset_index(drop=True)
+        if self.final_question:  # after dropping: the shared prefix is that of the prompts kept
+            queries["text"], stripped = final_questions(queries["prompt"], queries["task"],
+                                                        self.shared_prefix_min_share)
+        else:
+            queries["text"], stripped = queries["prompt"], pd.Series(False, index=queries.index)
+        # the whole prompt stays in messages whenever text is only its final question
+        full = stripped & queries["messages"].isna()
+        queries.loc[full, "messages"] = queries.loc[full, "prompt"].map(lambda p: _messages([p]))
+        self.read_info = {"missing_cells": int(missing.sum()),
+                          "dropped_missing_outcome": len(bad_q) if self.missing == "drop_query" else 0,
+                          "renamed_duplicate_sample_ids": renamed, "final_question_texts": int(stripped.sum())}
+        return queries, out.reset_index(drop=True)
 
     def derive_fleet(self, outcomes: pd.DataFrame) -> Fleet:
         ok = outcomes[outcomes.get("error", pd.Series(index=outcomes.index, dtype=object)).isna()]
@@ -146,8 +186,3 @@ class RouterBenchImporter(Importer):
         models = {m: {"tier": levels.index(c), "description": f"derived: mean ${c:.6g} per call"}
                   for m, c in mean_cost.items()}
         return Fleet.from_config({"models": models, "source": f"derived from {self.path}"})
-
-    def load(self, store: DataStore | None = None):
-        ds = super().load(store)
-        ds.info["missing_cells"] = getattr(self, "n_missing_cells", 0)
-        return ds
