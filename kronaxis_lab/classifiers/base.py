@@ -210,6 +210,12 @@ class Classifier(ABC):
         cost (the ordinal tier predictor), ignored by the others.
         """
 
+    def task_labels_column(self) -> str | None:
+        """The queries-table column whose TRAIN labels `fit` takes as `tasks=` (one per train query), or None:
+        this classifier takes none (the default). Training-time data only: prediction still reads text alone.
+        The train pipeline passes them when the dataset has the column (else `tasks=None`)."""
+        return None
+
     @abstractmethod
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
         """Return (n, n_models) success probabilities; a single string is treated as a batch of one."""

@@ -218,6 +218,7 @@ class CalibratedClassifier(Classifier):
         val_targets: np.ndarray | None = None,
         *,
         model_costs: Mapping[str, float] | Sequence[float] | None = None,
+        tasks: Sequence[Any] | None = None,
     ) -> "CalibratedClassifier":
         """Fit the base on train (val passed on for its early stopping), then the calibrator on val."""
         if self.base is None:
@@ -226,8 +227,12 @@ class CalibratedClassifier(Classifier):
         queries, y, model_names, vq, vy = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
         if not vq:
             raise ValueError("CalibratedClassifier.fit: calibration is fitted on val, and no val data was given")
-        self.base.fit(queries, y, model_names, vq, vy, model_costs=model_costs)
+        extra = {"tasks": tasks} if self.base.task_labels_column() else {}
+        self.base.fit(queries, y, model_names, vq, vy, model_costs=model_costs, **extra)
         return self.fit_calibration(vq, vy)
+
+    def task_labels_column(self) -> str | None:
+        return self.base.task_labels_column() if self.base is not None else None
 
     def fit_calibration(self, val_queries: Sequence[str], val_targets: np.ndarray) -> "CalibratedClassifier":
         """(Re)fit only the calibrator, on an already fitted base."""

@@ -130,8 +130,17 @@ class EnsembleRouter(Classifier):
         log.info("Instantiating ensemble member %s <%s>", name, node["_target_"])
         return instantiate(node)
 
-    def _fit_members(self, nodes, queries, y, names, vq, vy, costs) -> dict[str, Classifier]:
-        return {n: self._build(n, node).fit(queries, y, names, vq, vy, model_costs=costs) for n, node in nodes.items()}
+    def _fit_members(self, nodes, queries, y, names, vq, vy, costs, tasks=None) -> dict[str, Classifier]:
+        out = {}
+        for n, node in nodes.items():
+            member = self._build(n, node)
+            extra = {"tasks": tasks} if member.task_labels_column() else {}  # only to members that take them
+            out[n] = member.fit(queries, y, names, vq, vy, model_costs=costs, **extra)
+        return out
+
+    def task_labels_column(self) -> str | None:
+        """The ensemble takes the `task` column and hands it to the members that learn from task labels."""
+        return "task"
 
     # -- combiner ---------------------------------------------------------------------------------
     def _features(self, preds: Mapping[str, np.ndarray], j: int) -> np.ndarray:
@@ -177,6 +186,7 @@ class EnsembleRouter(Classifier):
         val_targets: np.ndarray | None = None,
         *,
         model_costs: Mapping[str, float] | Sequence[float] | None = None,
+        tasks: Sequence[Any] | None = None,
     ) -> "EnsembleRouter":
         if self.combiner not in COMBINERS:
             raise ValueError(f"combiner '{self.combiner}' is not one of {COMBINERS}")
@@ -197,10 +207,12 @@ class EnsembleRouter(Classifier):
                 held = folds == f
                 tr = [q for q, h in zip(queries, held) if not h]
                 ho = [q for q, h in zip(queries, held) if h]
-                for n, member in self._fit_members(nodes, tr, y[~held], model_names, vq, vy, model_costs).items():
+                tr_tasks = None if tasks is None else [t for t, h in zip(tasks, held) if not h]
+                for n, member in self._fit_members(nodes, tr, y[~held], model_names, vq, vy, model_costs,
+                                                   tr_tasks).items():
                     oof[n][held] = np.asarray(member.predict_proba(ho), float)
             self.report_["oof_log_loss"] = {n: log_loss(P, y) for n, P in oof.items()}
-        self.members_ = self._fit_members(nodes, queries, y, model_names, vq, vy, model_costs)
+        self.members_ = self._fit_members(nodes, queries, y, model_names, vq, vy, model_costs, tasks)
         val_preds = {n: np.asarray(m.predict_proba(vq), float) for n, m in self.members_.items()} if vq else None
         if self.combiner == "logreg":
             self._fit_combiner(oof, y, val_preds, vy)

@@ -19,15 +19,14 @@ a bundle executes no code from it.
 | FallbackClassifier                      | FallbackRuntime           | primary/, fallback/ (member runtimes)        |
 | EnsembleRouter                          | StackedEnsembleRuntime    | <member>/ …, combiner.npz                    |
 | ClusterPriorRouter                      | ClusterPriorRuntime       | encoder/ or vectorizer.json, clusters.npz    |
+| TaskPriorRouter                         | TaskPriorRuntime (in classifiers/task_prior.py) | vectorizer.json, task_prior.npz |
 
 A classifier joins with one public method, `export_runtime(directory, **graph_options) -> dict`: write its
 learned state into `directory` (see `kronaxis_lab.export.formats` for the shared pieces) and return its
 node, `{"kind": <runtime class path>, "label_order": model_names_, "files": {...}, "nodes": {...}, ...}`;
 composite classifiers call their members' `export_runtime(directory / <name>)` and list them in `nodes`.
 A classifier whose maths no runtime here reproduces adds a `BundleRuntime` subclass (one `predict_proba`).
-`graph_options` (opset, max_length, sample_texts) reach the methods that write an ONNX graph. The cluster
-prior's and the ensemble's method (about 20 lines each) are `CLUSTER_PRIOR_EXPORT` / `ENSEMBLE_EXPORT` in
-tests/test_export_all.py, which lends them to those classes until the classes define `export_runtime`.
+`graph_options` (opset, max_length, sample_texts) reach the methods that write an ONNX graph.
 
 Variants: "fp32" is each runtime's reference path; "int8" uses the quantised copy of every graph that has one
 (composites pass the variant to members, which fall back to fp32 where they have no graph). Runtimes whose

@@ -63,7 +63,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     vtexts = val.queries["text"].astype(str).tolist() if val.n else None
     log.info("training %s on %d queries × %d models (val %d)", type(clf).__name__, len(texts), Y.shape[1], val.n)
     t0 = time.perf_counter()
-    clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, model_costs=costs)
+    col = clf.task_labels_column()  # e.g. the task prior learns p(task | text) from the train labels
+    extra = {"tasks": train.queries[col].tolist() if col in train.queries else None} if col else {}
+    clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, model_costs=costs, **extra)
     train_s = time.perf_counter() - t0
     if not is_main_process():  # DDP (torchrun): every rank holds the same weights; rank 0 saves and evaluates
         return {"classifier_dir": str(out / "classifier"), "metrics": {"train_seconds": train_s}, "classifier": clf}
