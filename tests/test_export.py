@@ -382,7 +382,8 @@ def test_failing_int8_is_loud_and_falls_back_to_fp32(run_dir, tmp_path, monkeypa
         onnx.save(model, str(dst))
 
     monkeypatch.setattr(exporter, "quantize_int8", bad_int8)
-    res = export_run(compose("export", [f"run_dir={run_dir}", "metrics.replay=false", *CHEAP_EXPORT], tmp_path))
+    res = export_run(compose("export", [f"run_dir={run_dir}", "metrics.replay=false", "parity.int8_rule=agreement",
+                                        *CHEAP_EXPORT], tmp_path))
     meta = res["meta"]
     assert meta["parity"]["int8_ok"] is False and meta["default_variant"] == "fp32"
     assert meta["parity"]["int8"]["decision_agreement"] < 0.99

@@ -67,6 +67,7 @@ class ModelCard:
     val_mean_auc: float | None = None
     val_brier: float | None = None
     files: dict[str, float] = field(default_factory=dict)  # relative path → size in MB
+    quantization: dict[str, Any] | None = None  # the first graph's router.json onnx.int8 (method, calibration)
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -105,6 +106,8 @@ class ModelCard:
             replay_split=rep.get("split"), replay_n=rep.get("n_queries"), replay_rows=rows,
             val_mean_auc=val.get("mean_auc"), val_brier=val.get("brier"), files=dict(sizes_mb or {}),
             warnings=list(meta.get("warnings") or []),
+            quantization=next(((n.get("onnx") or {}).get("int8") for _, _, n in walk_nodes(node)
+                               if (n.get("onnx") or {}).get("int8")), None) if node else None,
         )
 
     # -- rendering -------------------------------------------------------------------------------------
@@ -160,11 +163,61 @@ class ModelCard:
                               if "batch1_decision_agreement" in d else ""))
         out.append(f"- **Sample:** {p.get('n', '?')} held-out queries ({p.get('sample', '?')}) + "
                    f"{p.get('n_edge_cases', 0)} edge cases (empty, over-long, non-ASCII)")
-        out.append(f"- **int8 check:** agreement ≥ {_pct(p.get('int8_min_agreement'), 1)} required → "
-                   f"{'passed' if p.get('int8_ok') else 'FAILED'}" if p.get("int8_ok") is not None else
-                   "- **int8 check:** no int8 variant (no ONNX graph in this runtime)")
+        if p.get("int8_ok") is None:
+            out.append("- **int8 check:** no int8 variant (no ONNX graph in this runtime)")
+        else:
+            floor = p.get("int8_agreement_floor", p.get("int8_min_agreement"))
+            agreed = p.get("int8_agreement_ok", p.get("int8_ok"))
+            out.append(f"- **int8 check:** agreement ≥ {_pct(floor, 1)} required → {'passed' if agreed else 'FAILED'}"
+                       f" (rule `{p.get('int8_rule_applied', p.get('int8_rule', 'agreement'))}`)")
+            if self.quantization:
+                out.append(f"- **int8 graph:** {self._quantization()}")
+            out.extend(self._quality())
         out.append(f"- **Default variant:** {self.default_variant}")
         return "\n".join(out)
+
+    def _quantization(self) -> str:
+        q = self.quantization or {}
+        parts = [f"{q.get('method', 'dynamic')} quantisation", f"{q.get('weight_type', 'QInt8')} weights"
+                 + (" per channel" if q.get("per_channel") else "")]
+        if q.get("method") == "static":
+            parts.append(f"{q.get('activation_type')} activations ({q.get('format')}), calibrated "
+                         f"({q.get('calibrate_method')}) on {q.get('n_calibration')} train queries")
+        if q.get("excluded_nodes"):
+            parts.append(f"{len(q['excluded_nodes'])} nodes kept fp32")
+        return ", ".join(parts)
+
+    def _quality(self) -> list[str]:
+        """Quality parity int8 vs fp32 (parity.quality): one table row per held-out split."""
+        qp = self.parity.get("quality") or {}
+        rows = [(role, qp[role]) for role in ("val", "test") if qp.get(role)]
+        if not rows:
+            return []
+        judged = self.parity.get("int8_rule_applied") == "quality"
+        verdict = self.parity.get("int8_quality_ok")
+        head = (f"- **Quality parity (int8 − fp32, {_pct(qp.get('ci'), 0)} paired bootstrap, {qp.get('n_boot', '?')} "
+                f"resamples; accuracy and cost at the operating point):** on val "
+                f"{'passed' if verdict else 'FAILED'}{' (decides)' if judged else ' (for information)'}; test is "
+                "reported only")
+
+        def iv(d: Mapping[str, Any], pct: bool = False) -> str:
+            def f(x: Any) -> str:
+                return "—" if x is None else (f"{100 * float(x):+.2f}%" if pct else f"{float(x):+.4f}")
+
+            return f"{f(d.get('diff'))} [{f(d.get('lo'))}, {f(d.get('hi'))}]"
+
+        lines = ["", "  | split | n | AIQ fp32 | AIQ int8 | ΔAIQ [CI] | acc fp32 | acc int8 | Δacc [CI] | "
+                 "cost fp32 | cost int8 | Δcost [CI] | decisions equal |",
+                 "  |---|---:|---:|---:|---|---:|---:|---|---:|---:|---|---:|"]
+        for role, q in rows:
+            a, b, d = q.get("fp32") or {}, q.get("int8") or {}, q.get("delta") or {}
+            lines.append(f"  | {q.get('split', role)} ({role}) | {q.get('n')} | {_num(a.get('aiq'))} | "
+                         f"{_num(b.get('aiq'))} | {iv(d.get('aiq') or {})} | {_pct(a.get('accuracy'), 2)} | "
+                         f"{_pct(b.get('accuracy'), 2)} | {iv(d.get('accuracy') or {}, True)} | "
+                         f"{_usd(a.get('cost_usd'))} | {_usd(b.get('cost_usd'))} | "
+                         f"{iv(d.get('cost_rel') or {}, True)} | "
+                         f"{_pct(q.get('decision_agreement'), 1)} |")
+        return [head, *lines, ""]
 
     def _about(self) -> str:
         parts = [f"{self.head} head" if self.head else None,

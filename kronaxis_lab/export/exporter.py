@@ -7,7 +7,8 @@ Steps (each a function below, each checked, so a bundle that exists is a bundle 
 1. `load_exportable`: refuse a classifier without `export_runtime` (before loading any weights), load it,
    check its models against the fleet;
 2. `write_runtime`: the classifier writes its runtime node and files (`export_runtime`, no pickle); every
-   ONNX graph of the node tree gets an int8 copy (`quantize_graphs`);
+   ONNX graph of the node tree gets an int8 copy (`quantize_graphs`: dynamic, or static calibrated on train
+   queries, `onnx.quantize.method`);
 3. `fit_costs`: fit the one decision-time cost model (`kronaxis_lab.routing.costs`) on the train split, with
    the prompt-token counter replay uses (bundled when the runtime's own tokenizer counts differently or it
    has none);
@@ -16,8 +17,12 @@ Steps (each a function below, each checked, so a bundle that exists is a bundle 
    rows), else the export fails;
 5. `operating_parameter`: the `calibration` target on val (calibrate_router), else the default operating
    point (cheapest point reaching 95 % of premium accuracy, on val);
-6. `parity_decisions`: int8 must agree on ≥ `int8_min_agreement` of the routing decisions, else the bundle
-   defaults to fp32 and says so in router.json and the card;
+6. `quality_parities` + `parity_decisions`: int8 vs fp32 routing quality on val and test (ΔAIQ, Δaccuracy and
+   Δcost at the operating point, paired-bootstrap intervals) and int8's decision agreement with the trained
+   classifier; `parity.int8_rule` decides on them whether int8 is the default: `agreement` (≥
+   `int8_min_agreement`) or `quality` (≥ `int8_quality_min_agreement` and, on val only, no interval entirely on
+   the wrong side of 0, `int8_quality_ok`); else the bundle defaults to fp32 and says so in router.json and
+   the card;
 7. `replay_metrics`: the staged bundle itself (`Bundle`) replayed on the test split beside the reference
    routers (`kronaxis_lab.export.replay`: the decision code the server runs, the bundle's cost model) →
    metrics.json, the same replay `kronaxis-replay bundle=<dir>` computes;
@@ -57,7 +62,7 @@ from kronaxis_lab.export.bundle import (
     load_bundle,
 )
 from kronaxis_lab.export.card import ModelCard
-from kronaxis_lab.export.onnx_export import quantize_int8
+from kronaxis_lab.export.onnx_export import CALIBRATE_METHODS, QUANTIZE_METHODS, quantize_int8
 from kronaxis_lab.export.replay import bundle_metrics, replay_bundle
 from kronaxis_lab.export.runtimes import BundleRuntime, RuntimeOptions, load_runtime, reorder
 from kronaxis_lab.export.schema import ExportError, walk_nodes
@@ -65,12 +70,18 @@ from kronaxis_lab.routing.calibration import calibrate_router
 from kronaxis_lab.routing.costs import CostModel, TokenCounter
 from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
 from kronaxis_lab.routing.policies import Policy
+from kronaxis_lab.routing.replay import paired_bootstrap, replay_matrices
 from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext
 from kronaxis_lab.serving.governance import endpoints_from_fleet
 
 log = logging.getLogger("kronaxis_lab.export")
 
 VARIANTS = ("fp32", "int8")
+#: parity.int8_rule: `agreement` = int8 is the default when its decision agreement with the trained classifier
+#: reaches int8_min_agreement (strict); `quality` = agreement ≥ int8_quality_min_agreement AND, on val, the
+#: paired-bootstrap intervals of int8 − fp32 are not entirely below 0 for AIQ and accuracy at the operating
+#: point, nor entirely above 0 for its cost (`int8_quality_ok`)
+INT8_RULES = ("agreement", "quality")
 COST_TOKENIZER = "cost_tokenizer"
 
 
@@ -83,10 +94,19 @@ class ExportSettings:
     quantize_per_channel: bool = True
     quantize_reduce_range: bool = False
     quantize_exclude_nodes: tuple[str, ...] = ()
+    quantize_method: str = "dynamic"  # dynamic | static (onnx.quantize.method)
+    quantize_calibrate_method: str = "MinMax"  # static: MinMax | Percentile | Entropy
+    quantize_n_calibration: int = 256  # static: train queries the activation ranges are read from
+    quantize_calibration_batch: int = 16  # static: queries per calibration batch
+    quantize_percentile: float = 99.999  # static + Percentile
+    quantize_op_types: tuple[str, ...] = ("MatMul", "Gemm")  # static: op types quantised (constant weights only)
     parity_n: int = 1000
     fp32_max_abs_diff: float = 1e-4
     fp32_min_row_share: float = 0.99  # discontinuous runtimes (kNN): share of rows within fp32_max_abs_diff
-    int8_min_agreement: float = 0.99
+    int8_min_agreement: float = 0.99  # int8_rule=agreement: the strict decision-agreement bar
+    int8_rule: str = "quality"  # quality (relaxed agreement floor + routing quality on val) | agreement (strict)
+    int8_quality_min_agreement: float = 0.90  # int8_rule=quality: the agreement floor
+    quality_ci: float = 0.95  # paired-bootstrap interval level of the quality parity (n_boot resamples)
     prefer_variant: str = "int8"
     batch_size: int = 64
     intra_op_threads: int | None = None
@@ -109,6 +129,20 @@ class ExportSettings:
             raise ValueError(f"parity.fp32_min_row_share must be in [0, 1], got {self.fp32_min_row_share}")
         if not 0 <= self.int8_min_agreement <= 1:
             raise ValueError(f"parity.int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
+        if self.quantize_method not in QUANTIZE_METHODS:
+            raise ValueError(f"onnx.quantize.method must be one of {QUANTIZE_METHODS}, got {self.quantize_method!r}")
+        if self.quantize_calibrate_method not in CALIBRATE_METHODS:
+            raise ValueError(f"onnx.quantize.static.calibrate_method must be one of {CALIBRATE_METHODS}, "
+                             f"got {self.quantize_calibrate_method!r}")
+        if self.quantize_n_calibration < 1 or self.quantize_calibration_batch < 1:
+            raise ValueError("onnx.quantize.static.n_calibration and batch_size must be ≥ 1")
+        if self.int8_rule not in INT8_RULES:
+            raise ValueError(f"parity.int8_rule must be one of {INT8_RULES}, got {self.int8_rule!r}")
+        if not 0 <= self.int8_quality_min_agreement <= 1:
+            raise ValueError(f"parity.int8_quality_min_agreement must be in [0, 1], got "
+                             f"{self.int8_quality_min_agreement}")
+        if not 0 < self.quality_ci < 1:
+            raise ValueError(f"parity.quality_ci must be in (0, 1), got {self.quality_ci}")
         if self.prefer_variant not in VARIANTS:
             raise ValueError(f"parity.prefer_variant must be one of {VARIANTS}, got {self.prefer_variant!r}")
         if self.batch_size < 1:
@@ -116,6 +150,32 @@ class ExportSettings:
         missing = {"train", "val", "test"} - set(self.splits)
         if missing:
             raise ValueError(f"splits must name the train, val and test splits (missing {sorted(missing)})")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], splits: Mapping[str, str] | None = None) -> "ExportSettings":
+        """The settings of a composed configs/export.yaml (`onnx`, `parity`, `runtime`, `metrics`, `seed`,
+        `overwrite`: every key read from there, so the YAML holds the one default); `splits`: {train, val,
+        test} split names (default: train, val and `metrics.split`)."""
+        onnx, par, run, met = cfg["onnx"], cfg["parity"], cfg["runtime"], cfg["metrics"]
+        q = onnx["quantize"]
+        st = q["static"]
+        return cls(
+            opset=int(onnx["opset"]), max_length=onnx.get("max_length"),
+            quantize_method=str(q["method"]), quantize_per_channel=bool(q["per_channel"]),
+            quantize_reduce_range=bool(q["reduce_range"]),
+            quantize_exclude_nodes=tuple(str(x) for x in (q.get("exclude_nodes") or [])),
+            quantize_calibrate_method=str(st["calibrate_method"]), quantize_n_calibration=int(st["n_calibration"]),
+            quantize_calibration_batch=int(st["batch_size"]), quantize_percentile=float(st["percentile"]),
+            quantize_op_types=tuple(str(x) for x in st["op_types"]),
+            parity_n=int(par["n"]), fp32_max_abs_diff=float(par["fp32_max_abs_diff"]),
+            fp32_min_row_share=float(par["fp32_min_row_share"]), int8_rule=str(par["int8_rule"]),
+            int8_min_agreement=float(par["int8_min_agreement"]),
+            int8_quality_min_agreement=float(par["int8_quality_min_agreement"]), quality_ci=float(par["quality_ci"]),
+            prefer_variant=str(par["prefer_variant"]), batch_size=int(run["batch_size"]),
+            intra_op_threads=run.get("intra_op_threads"), replay=bool(met["replay"]), n_boot=int(met["n_boot"]),
+            seed=int(cfg["seed"]), overwrite=bool(cfg["overwrite"]),
+            splits=dict(splits or {"train": "train", "val": "val", "test": str(met["split"])}),
+        )
 
 
 def classifier_class(classifier_dir: str | Path) -> type:
@@ -164,14 +224,14 @@ def _decide(policy, fleet, P: np.ndarray, cost: np.ndarray, tasks: Sequence[str]
     return np.asarray(policy.choose(P, cost, [param])[0], dtype=np.int64)
 
 
-def _edge_cases(texts: Sequence[str], max_length: int) -> list[str]:
+def edge_cases(texts: Sequence[str], max_length: int) -> list[str]:
     """Inputs that exercise the tokenizer path: empty, far over max_length (truncation), non-ASCII."""
     base = next((t for t in texts if t.strip()), "route this query")
     long = " ".join([base] * (4 * max_length // max(1, len(base.split())) + 2))
     return ["", long, "Ünïcödé — 数学の問題を解いてください 🚀 " + base]
 
 
-def _parity_sample(val, test, n: int, seed: int) -> tuple[list[str], list[str]]:
+def parity_sample(val, test, n: int, seed: int) -> tuple[list[str], list[str]]:
     q = pd.concat([val.queries, test.queries], ignore_index=True)
     if len(q) > n:
         q = q.sample(n=n, random_state=seed).reset_index(drop=True)
@@ -225,20 +285,40 @@ def load_exportable(classifier_dir: Path, fleet):
     return clf, labels
 
 
-def quantize_graphs(node: dict[str, Any], stage: Path, s: ExportSettings) -> None:
-    """int8 copy of every ONNX graph in the node tree (`<name>.int8.onnx` beside `<name>.onnx`), in place."""
+def calibration_feeds(directory: Path, node: Mapping[str, Any], texts: Sequence[str],
+                      batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Static quantisation's calibration inputs: `texts` tokenised by the graph node's own bundled tokenizer
+    (what the runtime feeds the graph), in batches of `batch_size` (padded to each batch's longest)."""
+    tok = BundleTokenizer.from_node(directory, node)
+    return [tok.encode(list(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
+
+
+def quantize_graphs(node: dict[str, Any], stage: Path, s: ExportSettings,
+                    calibration_texts: Sequence[str] = ()) -> None:
+    """int8 copy of every ONNX graph in the node tree (`<name>.int8.onnx` beside `<name>.onnx`), in place;
+    `calibration_texts` (train queries) calibrate the activation ranges of `onnx.quantize.method=static`."""
+    texts = list(calibration_texts)[: s.quantize_n_calibration]
+    if s.quantize_method == "static" and not texts:
+        raise ExportError("onnx.quantize.method=static needs train queries to calibrate on: the train split is empty")
     for _, rel, n in walk_nodes(node):
         fp32 = (n.get("files") or {}).get("onnx_fp32")
         if not fp32:
             continue
         int8 = fp32[: -len(".onnx")] + ".int8.onnx" if fp32.endswith(".onnx") else fp32 + ".int8"
-        n.setdefault("onnx", {})["int8"] = quantize_int8(stage / rel / fp32, stage / rel / int8, s.quantize_per_channel,
-                                                        s.quantize_reduce_range, s.quantize_exclude_nodes)
+        feeds = calibration_feeds(stage / rel, n, texts, s.quantize_calibration_batch) \
+            if s.quantize_method == "static" else None
+        n.setdefault("onnx", {})["int8"] = quantize_int8(
+            stage / rel / fp32, stage / rel / int8, s.quantize_per_channel, s.quantize_reduce_range,
+            s.quantize_exclude_nodes, method=s.quantize_method, calibration_feeds=feeds,
+            calibrate_method=s.quantize_calibrate_method, op_types=s.quantize_op_types,
+            percentile=s.quantize_percentile)
         n["files"]["onnx_int8"] = int8
 
 
-def write_runtime(clf, stage: Path, val: Matrices, labels: list[str], s: ExportSettings) -> dict[str, Any]:
-    """Step 2: the classifier's runtime node + files (no pickle), then the int8 graphs."""
+def write_runtime(clf, stage: Path, val: Matrices, labels: list[str], s: ExportSettings,
+                  train: Matrices | None = None) -> dict[str, Any]:
+    """Step 2: the classifier's runtime node + files (no pickle), then the int8 graphs (static quantisation
+    calibrates on a seeded sample of the `train` queries: never on the held-out splits parity is judged on)."""
     sample = [t for t in val.queries["text"].astype(str).head(2)] or None
     node = clf.export_runtime(stage, opset=s.opset, max_length=s.max_length, sample_texts=sample)
     node = json.loads(json.dumps(_clean(node), allow_nan=False))  # plain JSON from here on
@@ -249,7 +329,12 @@ def write_runtime(clf, stage: Path, val: Matrices, labels: list[str], s: ExportS
                      if p.suffix in (".pkl", ".pickle", ".joblib"))
     if pickled:
         raise ExportError(f"{type(clf).__name__}.export_runtime wrote pickle files {pickled}: a bundle holds data only")
-    quantize_graphs(node, stage, s)
+    calib: list[str] = []
+    if train is not None and train.n:
+        q = train.queries
+        q = q.sample(n=min(len(q), s.quantize_n_calibration), random_state=s.seed)
+        calib = q["text"].astype(str).tolist()
+    quantize_graphs(node, stage, s, calib)
     return node
 
 
@@ -329,15 +414,20 @@ def operating_parameter(router: PolicyRouter, ctx: ReplayContext, policy: Policy
 
 def parity_decisions(runtime: BundleRuntime, policy: Policy, fleet, texts: list[str], tasks: list[str],
                      cost_sample: np.ndarray, P_ref: np.ndarray, P: dict[str, np.ndarray], param: float,
-                     n_sample: int, n_edge: int, s: ExportSettings) -> tuple[dict[str, Any], list[str]]:
-    """Step 6: decision agreement of each variant with the trained classifier (int8 also one query per call) →
-    (parity, warnings)."""
+                     n_sample: int, n_edge: int, s: ExportSettings,
+                     quality: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Step 6: decision agreement of each variant with the trained classifier (int8 also one query per call),
+    and the verdict of `parity.int8_rule` on int8 (with `quality`, the `quality_parity` of int8 vs fp32 on
+    val and test) → (parity, warnings)."""
     d_ref = _decide(policy, fleet, P_ref, cost_sample, tasks, param)
     tiers = fleet.tiers
     parity: dict[str, Any] = {"n": n_sample, "n_edge_cases": n_edge, "sample": f"{s.splits['val']}+{s.splits['test']}",
                               "seed": s.seed, "reference": "the trained classifier", "runtime": type(runtime).__name__,
                               "fp32_max_abs_diff_allowed": s.fp32_max_abs_diff,
-                              "int8_min_agreement": s.int8_min_agreement}
+                              "int8_min_agreement": s.int8_min_agreement, "int8_rule": s.int8_rule,
+                              "int8_quality_min_agreement": s.int8_quality_min_agreement}
+    if quality:
+        parity["quality"] = dict(quality)
     for v in P:
         parity[v] = _diff(P[v], P_ref, _decide(policy, fleet, P[v], cost_sample, tasks, param), d_ref, tiers)
     rows = np.abs(P["fp32"] - P_ref).max(axis=1) if len(texts) else np.zeros(0)
@@ -350,24 +440,138 @@ def parity_decisions(runtime: BundleRuntime, policy: Policy, fleet, texts: list[
         log.info("parity: fp32 max |Δp| %.2g, agreement %.2f%% (no int8 variant)", parity["fp32"]["max_abs_diff"],
                  100 * parity["fp32"]["decision_agreement"])
         return parity, warnings
-    # int8 activations are quantised per batch: also check one query per call, the common serving case
+    # dynamic int8 quantises activations per batch: also check one query per call, the common serving case
     P1 = np.concatenate([reorder(np.asarray(runtime.predict_proba([t], "int8"), float), runtime.label_order,
                                  fleet.names) for t in texts]) if texts else P["int8"]
     b1 = _diff(P1, P_ref, _decide(policy, fleet, P1, cost_sample, tasks, param), d_ref, tiers)
     parity["int8"].update({f"batch1_{k}": v for k, v in b1.items()})
     parity["int8"]["batch_size"] = s.batch_size
     worst = min(parity["int8"]["decision_agreement"], b1["decision_agreement"])
-    parity["int8_ok"] = bool(worst >= s.int8_min_agreement)
+    judged = (quality or {}).get("val")
+    rule = s.int8_rule
+    if rule == "quality" and not judged:
+        rule = "agreement"
+        warnings.append("no validation split to judge int8's routing quality on: int8 was judged by the strict "
+                        f"decision-agreement rule (≥ {s.int8_min_agreement:.0%})")
+    floor = s.int8_min_agreement if rule == "agreement" else s.int8_quality_min_agreement
+    parity["int8_rule_applied"], parity["int8_agreement_floor"] = rule, floor
+    parity["int8_agreement_ok"] = bool(worst >= floor)
+    parity["int8_quality_ok"] = bool(judged["ok"]) if judged else None
+    parity["int8_ok"] = bool(parity["int8_agreement_ok"] and (rule == "agreement" or parity["int8_quality_ok"]))
     parity["default_variant"] = "int8" if s.prefer_variant == "int8" and parity["int8_ok"] else "fp32"
-    if not parity["int8_ok"]:
-        msg = (f"int8 decision agreement {worst:.2%} < {s.int8_min_agreement:.0%} of the trained classifier's "
+    if not parity["int8_agreement_ok"]:
+        msg = (f"int8 decision agreement {worst:.2%} < {floor:.0%} of the trained classifier's "
                "decisions: the int8 graph is NOT the default; the bundle routes with fp32")
+        warnings.append(msg)
+        log.warning("!!! %s", msg)
+    elif not parity["int8_ok"]:
+        d = judged["delta"]
+        msg = (f"int8 routes worse than fp32 on {judged['split']} ({100 * s.quality_ci:.0f} % paired-bootstrap "
+               f"intervals: ΔAIQ {_interval(d['aiq'])}, Δaccuracy {_interval(d['accuracy'])}, Δcost "
+               f"{_interval(d['cost_rel'], pct=True)}): the int8 graph is NOT the default; the bundle routes with fp32")
         warnings.append(msg)
         log.warning("!!! %s", msg)
     log.info("parity: fp32 max |Δp| %.2g, int8 max |Δp| %.2g, int8 agreement %.2f%% → default %s",
              parity["fp32"]["max_abs_diff"], parity["int8"]["max_abs_diff"],
              100 * parity["int8"]["decision_agreement"], parity["default_variant"])
     return parity, warnings
+
+
+def _interval(d: Mapping[str, Any], pct: bool = False) -> str:
+    f = (lambda x: f"{100 * x:+.2f}%") if pct else (lambda x: f"{x:+.4f}")
+    return f"{f(d['diff'])} [{f(d['lo'])}, {f(d['hi'])}]"
+
+
+def paired_point_bootstrap(scores: np.ndarray, costs: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000,
+                           ci: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Paired bootstrap of two routers' choices `a`, `b` ((n,) model indices) at one operating point, read
+    against the recorded `scores`, `costs` (n, m): both see the same resampled queries.
+
+    accuracy: Δ = mean_i s[i, a_i] − mean_i s[i, b_i]; cost_rel: Δ = Σ_i c[i, a_i] / Σ_i c[i, b_i] − 1 (relative
+    cost change of a over b). Returns {metric: {"a", "b", "diff", "lo", "hi"}}: values on all n queries and the
+    percentile interval of Δ at level `ci`. (`routing.replay.paired_bootstrap` does the same for AIQ and the
+    savings of whole sweeps.)"""
+    rows = np.arange(len(a))
+    sa, sb = scores[rows, a].astype(float), scores[rows, b].astype(float)
+    ca, cb = costs[rows, a].astype(float), costs[rows, b].astype(float)
+    rng = np.random.default_rng(seed)
+    d_acc, d_cost = np.empty(n_boot), np.empty(n_boot)
+    block = max(1, (1 << 22) // max(1, len(a)))  # resamples per block: ≤ 4M indices in memory
+    for start in range(0, n_boot, block):
+        idx = rng.integers(0, len(a), (min(block, n_boot - start), len(a)))
+        d_acc[start:start + len(idx)] = (sa - sb)[idx].mean(axis=1)
+        tb = cb[idx].sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_cost[start:start + len(idx)] = ca[idx].sum(axis=1) / tb - 1
+    q = (1 - ci) / 2
+
+    def stat(va: float, vb: float, diff: float, boots: np.ndarray) -> dict[str, float]:
+        boots = boots[np.isfinite(boots)]
+        lo, hi = (float(np.quantile(boots, q)), float(np.quantile(boots, 1 - q))) if boots.size else (np.nan, np.nan)
+        return {"a": va, "b": vb, "diff": diff, "lo": lo, "hi": hi}
+
+    cost_rel = float(ca.sum() / cb.sum() - 1) if cb.sum() > 0 else float("nan")
+    return {"accuracy": stat(float(sa.mean()), float(sb.mean()), float(sa.mean() - sb.mean()), d_acc),
+            "cost_rel": stat(float(ca.sum()), float(cb.sum()), cost_rel, d_cost)}
+
+
+def int8_quality_ok(delta: Mapping[str, Mapping[str, float]]) -> bool:
+    """The quality half of `parity.int8_rule=quality`: int8 − fp32 paired-bootstrap intervals not entirely
+    below 0 for `aiq` and `accuracy` (hi ≥ 0) and not entirely above 0 for `cost_rel` (lo ≤ 0); an undefined
+    interval (NaN) fails."""
+    vals = [delta["aiq"]["hi"], delta["accuracy"]["hi"], delta["cost_rel"]["lo"]]
+    if not all(v is not None and np.isfinite(v) for v in vals):
+        return False
+    eps = 1e-12  # identical decisions give Δ = 0 up to float rounding
+    return bool(vals[0] >= -eps and vals[1] >= -eps and vals[2] <= eps)
+
+
+def quality_parity(predictors: Mapping[str, Predictor], policy: Policy, fleet, mats: Matrices, param: float,
+                   cost_model: CostModel, counter: TokenCounter, *, split: str, train: Matrices | None = None,
+                   val: Matrices | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Routing quality of int8 vs fp32 on the held-out `mats` (recorded outcomes): each variant's P̂ through the
+    policy's sweep (AIQ, `replay_matrices` + `routing.replay.paired_bootstrap`) and at the operating `param`
+    (accuracy, cost: `paired_point_bootstrap`), priced by the bundle's cost model. Δ = int8 − fp32;
+    `ok` = `int8_quality_ok(delta)`."""
+    routers = {v: PolicyRouter(predictors[v], policy, name=v) for v in VARIANTS}
+    res = replay_matrices(mats, fleet, routers, train=train, val=val, seed=seed, cost_model=cost_model,
+                          token_counter=counter)
+    d_aiq = paired_bootstrap(res, "int8", ["fp32"], n_boot=n_boot, seed=seed, ci=ci)["fp32"]["aiq"]
+    tasks = mats.queries["task"].astype(str).tolist()
+    ch = {v: _decide(policy, fleet, res.results[v].predictions, res.ctx.expected_cost, tasks, param) for v in VARIANTS}
+    pt = paired_point_bootstrap(mats.scores, mats.costs, ch["int8"], ch["fp32"], n_boot, ci, seed)
+    out: dict[str, Any] = {
+        "split": split, "n": int(mats.n), "param": encode_param(param),
+        "decision_agreement": float(np.mean(ch["int8"] == ch["fp32"])),
+        **{v: {"aiq": res.routers[v]["aiq"], "accuracy": pt["accuracy"][k], "cost_usd": pt["cost_rel"][k]}
+           for v, k in (("int8", "a"), ("fp32", "b"))},
+        "delta": {"aiq": {k: d_aiq[k] for k in ("diff", "lo", "hi")},
+                  "accuracy": {k: pt["accuracy"][k] for k in ("diff", "lo", "hi")},
+                  "cost_rel": {k: pt["cost_rel"][k] for k in ("diff", "lo", "hi")}},
+    }
+    out["ok"] = int8_quality_ok(out["delta"])
+    return out
+
+
+def quality_parities(runtime: BundleRuntime, fp32: Predictor, policy: Policy, fleet, splits: Splits, param: float,
+                     cost_model: CostModel, counter: TokenCounter, s: ExportSettings) -> dict[str, Any] | None:
+    """`quality_parity` on val (where `int8_rule=quality` decides) and test (reported only); None without int8."""
+    if "int8" not in runtime.variants:
+        return None
+    preds = {"fp32": fp32, "int8": RuntimePredictor(runtime, "int8", fleet.names)}
+    out: dict[str, Any] = {"n_boot": s.n_boot, "ci": s.quality_ci, "judged_on": "val",
+                           "rule": "int8 − fp32 intervals: AIQ and accuracy not entirely < 0, cost not entirely > 0"}
+    for role in ("val", "test"):
+        mats = getattr(splits, role)
+        if mats.n:
+            out[role] = quality_parity(preds, policy, fleet, mats, param, cost_model, counter, split=s.splits[role],
+                                       train=splits.train, val=splits.val, n_boot=s.n_boot, ci=s.quality_ci,
+                                       seed=s.seed)
+            q = out[role]
+            log.info("quality parity on %s (%d): int8 − fp32 ΔAIQ %s, Δacc %s, Δcost %s → %s", q["split"], q["n"],
+                     _interval(q["delta"]["aiq"]), _interval(q["delta"]["accuracy"]),
+                     _interval(q["delta"]["cost_rel"], pct=True), "ok" if q["ok"] else "WORSE")
+    return out
 
 
 def replay_metrics(bundle: Bundle, dataset, reference_routers: Mapping[str, Any] | None,
@@ -449,14 +653,14 @@ def export_bundle(
     stage.mkdir(parents=True)
     options = RuntimeOptions(intra_op_threads=s.intra_op_threads, batch_size=s.batch_size, show_progress=True)
     try:
-        node = write_runtime(clf, stage, splits.val, labels, s)
+        node = write_runtime(clf, stage, splits.val, labels, s, splits.train)
         runtime = load_runtime(stage, node, options)
         cost_model, counter, extra_files = fit_costs(splits.train, splits.val, fleet, stage, runtime, token_counter)
 
-        texts, tasks = _parity_sample(splits.val, splits.test, s.parity_n, s.seed)
+        texts, tasks = parity_sample(splits.val, splits.test, s.parity_n, s.seed)
         n_sample = len(texts)
         lengths = [int(n["max_length"]) for _, _, n in walk_nodes(node) if n.get("max_length")]
-        edge = _edge_cases(texts, max(lengths, default=256))
+        edge = edge_cases(texts, max(lengths, default=256))
         texts, tasks = texts + edge, tasks + ["unknown"] * len(edge)
         P_ref, P = parity_probabilities(clf, runtime, texts, list(fleet.names), s)
 
@@ -467,9 +671,10 @@ def export_bundle(
             router, ctx, policy, splits, fleet, calibration, default_operating_point, s, dataset.name)
         param = float(op["param"])
 
+        quality = quality_parities(runtime, router.predictor, policy, fleet, splits, param, cost_model, counter, s)
         cost_sample = cost_model.expected(counter.count(texts), texts=texts)
         parity, parity_warnings = parity_decisions(runtime, policy, fleet, texts, tasks, cost_sample, P_ref, P,
-                                                   param, n_sample, len(edge), s)
+                                                   param, n_sample, len(edge), s, quality)
         default_variant = parity["default_variant"]
         warnings += parity_warnings
 

@@ -7,8 +7,11 @@ in numpy: `heads.logits_to_proba`) or a sentence encoder's `last_hidden_state` (
 Exported with the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`): it traces the HF model in one
 pass and handles dynamic axes for BERT/DistilBERT families.
 
-int8: `onnxruntime.quantization.quantize_dynamic` (QInt8 weights, activations quantised on the fly): about
-4× smaller and faster on CPU; its agreement with the fp32 model is checked by the exporter (parity).
+int8 (`quantize_int8`, onnx.quantize in configs/export.yaml): onnxruntime `quantize_dynamic` (QInt8 weights,
+activations quantised on the fly, per call) or `quantize_static` (QDQ, activation scales calibrated once on
+tokenised train queries, so a query's output no longer depends on its batch); about 4× smaller and faster on
+CPU. The exporter judges the int8 copy against the fp32 model on held-out queries (decision agreement and
+routing quality, `exporter.parity_decisions` / `exporter.quality_parity`).
 
 Nothing here imports a classifier (classifiers call in to export themselves); torch, onnx and onnxruntime are
 imported when a graph is written.
@@ -20,13 +23,16 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from kronaxis_lab.export.schema import ONNX_INPUTS, ExportError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_OPSET", "ExportError", "export_graph", "export_onnx", "onnx_input_names", "quantize_int8"]
+__all__ = ["CALIBRATE_METHODS", "MIN_OPSET", "QUANTIZE_METHODS", "ExportError", "export_graph", "export_onnx",
+           "onnx_input_names", "quantize_int8"]
 
 MIN_OPSET = 17
 OUTPUTS = ("logits", "last_hidden_state")
@@ -106,34 +112,97 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path}: the exported graph is not valid ONNX: {e}") from e
 
 
-def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = False,
-                  exclude_nodes: Sequence[str] = ()) -> dict[str, Any]:
-    """Dynamic int8 quantisation of the weights (QInt8) with onnxruntime; returns what was done.
+#: onnx.quantize.method values
+QUANTIZE_METHODS = ("dynamic", "static")
+#: onnx.quantize.static.calibrate_method values (onnxruntime.quantization.CalibrationMethod names)
+CALIBRATE_METHODS = ("MinMax", "Percentile", "Entropy")
 
+
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = False,
+                  exclude_nodes: Sequence[str] = (), method: str = "dynamic",
+                  calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
+                  calibrate_method: str = "MinMax", op_types: Sequence[str] = ("MatMul", "Gemm"),
+                  percentile: float = 99.999) -> dict[str, Any]:
+    """int8 copy of the graph `src` → `dst` with onnxruntime; returns what was done (router.json `onnx.int8`).
+
+    `method="dynamic"` (`quantize_dynamic`): QInt8 weights, activations quantised on the fly per call, so a
+    query's int8 output depends on the batch it is run in.
+    `method="static"` (`quantize_static`, QDQ format): QInt8 weights and QUInt8 activations whose scales are
+    fixed by running the fp32 graph over `calibration_feeds` (tokenised train queries: never the held-out
+    splits) and reading each activation's range with `calibrate_method` (MinMax: the observed min/max;
+    Percentile: the `percentile` of |x|; Entropy: the KL-optimal clip). Only the `op_types` whose second input
+    is a constant weight (MatMulConstBOnly) are quantised: the attention products Q·Kᵀ and A·V, softmax,
+    LayerNorm and GELU stay fp32.
     `per_channel`: one scale per output channel (about half the error of one scale per tensor, ~10 % slower).
     `exclude_nodes`: regular expressions; matching graph nodes stay fp32 (e.g. `"layer\\.\\d+/output/dense/MatMul"`,
-    the FFN output projections whose post-GELU activations have the widest range).
+    the FFN output projections whose post-GELU activations have the widest range, or `"classifier"`, the head).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy optional dependency
 
+    if method not in QUANTIZE_METHODS:
+        raise ExportError(f"onnx.quantize.method must be one of {QUANTIZE_METHODS}, got {method!r}")
     patterns = [re.compile(p) for p in exclude_nodes]
     excluded = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
                 if any(p.search(n.name) for p in patterns)] if patterns else []
     if patterns and not excluded:
         raise ExportError(f"onnx.quantize.exclude_nodes {list(exclude_nodes)} match no node of {Path(src).name}")
+    done: dict[str, Any] = {"method": method, "weight_type": "QInt8", "per_channel": bool(per_channel),
+                            "reduce_range": bool(reduce_range), "excluded_nodes": excluded}
     root = logging.getLogger()
     quiet = _DropInfo()
     root.addFilter(quiet)  # the quantiser logs one root-logger line per tensor it skips, and a pre-processing tip
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=bool(per_channel),
-                         reduce_range=bool(reduce_range), nodes_to_exclude=excluded)
+        if method == "dynamic":
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=bool(per_channel),
+                             reduce_range=bool(reduce_range), nodes_to_exclude=excluded)
+        else:
+            done |= _quantize_static(src, dst, per_channel, reduce_range, excluded, calibration_feeds,
+                                     calibrate_method, op_types, percentile)
     finally:
         root.removeFilter(quiet)
-    log.info("quantised %s → %s (%.1f MB, %d nodes kept fp32)", Path(src).name, Path(dst).name,
+    check_graph(Path(dst))
+    log.info("quantised %s → %s (%s, %.1f MB, %d nodes kept fp32)", Path(src).name, Path(dst).name, method,
              Path(dst).stat().st_size / 1e6, len(excluded))
-    return {"weight_type": "QInt8", "per_channel": bool(per_channel), "reduce_range": bool(reduce_range),
-            "excluded_nodes": excluded}
+    return done
+
+
+def _quantize_static(src, dst, per_channel: bool, reduce_range: bool, excluded: list[str],
+                     feeds: Iterable[Mapping[str, np.ndarray]] | None, calibrate_method: str,
+                     op_types: Sequence[str], percentile: float) -> dict[str, Any]:
+    """`quantize_int8(method="static")`: QDQ graph calibrated on `feeds`; returns the extra router.json fields."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise ExportError(f"onnx.quantize.static.calibrate_method must be one of {CALIBRATE_METHODS}, "
+                          f"got {calibrate_method!r}")
+    batches = [dict(f) for f in (feeds or [])]
+    if not batches:
+        raise ExportError("static int8 quantisation needs calibration inputs (tokenised train queries): none given")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    extra = {"MatMulConstBOnly": True, "ActivationSymmetric": False, "WeightSymmetric": True}
+    if calibrate_method == "Percentile":
+        extra["CalibPercentile"] = float(percentile)
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
+                    per_channel=bool(per_channel), reduce_range=bool(reduce_range), activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                    calibrate_method=getattr(CalibrationMethod, calibrate_method), extra_options=extra)
+    return {"format": "QDQ", "activation_type": "QUInt8", "calibrate_method": calibrate_method,
+            "op_types": list(op_types), "n_calibration": int(sum(len(next(iter(b.values()))) for b in batches)),
+            **({"percentile": float(percentile)} if calibrate_method == "Percentile" else {})}
 
 
 class _DropInfo(logging.Filter):

@@ -132,20 +132,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     calib, dop, gov = plain("calibration"), plain("default_operating_point"), plain("governance")
     # the salt stays an ${oc.env:...} interpolation: resolved by the server at start-up, never stored in the bundle
     sticky = OmegaConf.to_container(cfg.stickiness, resolve=False) if cfg.get("stickiness") else None
-    settings = ExportSettings(
-        opset=int(cfg.onnx.opset), max_length=cfg.onnx.get("max_length"),
-        quantize_per_channel=bool(cfg.onnx.quantize.per_channel),
-        quantize_reduce_range=bool(cfg.onnx.quantize.reduce_range),
-        quantize_exclude_nodes=tuple(str(x) for x in (cfg.onnx.quantize.get("exclude_nodes") or [])),
-        parity_n=int(cfg.parity.n), fp32_max_abs_diff=float(cfg.parity.fp32_max_abs_diff),
-        fp32_min_row_share=float(cfg.parity.fp32_min_row_share),
-        int8_min_agreement=float(cfg.parity.int8_min_agreement), prefer_variant=str(cfg.parity.prefer_variant),
-        batch_size=int(cfg.runtime.batch_size), intra_op_threads=cfg.runtime.get("intra_op_threads"),
-        replay=bool(cfg.metrics.replay), n_boot=int(cfg.metrics.n_boot), seed=int(cfg.seed),
-        overwrite=bool(cfg.overwrite),
-        splits={"train": info.get("train_split", "train"), "val": info.get("val_split", "val"),
-                "test": str(cfg.metrics.split)},
-    )
+    settings = ExportSettings.from_config(cfg, splits={"train": info.get("train_split", "train"),
+                                                       "val": info.get("val_split", "val"),
+                                                       "test": str(cfg.metrics.split)})
     metrics_path = clf_dir.parent / "train_metrics.json"
     train_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     routers = build_routers(cfg) if cfg.metrics.replay else {}
