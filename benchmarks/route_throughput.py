@@ -1,16 +1,18 @@
 """Router throughput: a bounded load generator against POST /v1/route of a real `kronaxis-serve` process.
 
-    .venv/bin/python benchmarks/route_throughput.py --bundle <bundle dir> [--requests 10000] [--concurrency 64]
-        [--max-seconds 60] [--modes on,off] [--route-batch 1] [--override settings.batching.max_batch=64]
-        [--write benchmarks/route_throughput.md]
+    .venv/bin/python benchmarks/route_throughput.py --bundle [NAME=]<bundle dir> [--bundle ...] [--requests 10000]
+        [--concurrency 64] [--max-seconds 60] [--modes on,off] [--route-batch 1] [--goal NAME=1000]
+        [--override settings.batching.max_batch=64] [--json out.json] [--write benchmarks/route_throughput.md]
 
-For each mode the script starts the router exactly as a user would
+For each bundle and mode the script starts the router exactly as a user would
 (`kronaxis-serve bundle=<dir> server.host=127.0.0.1 server.port=<port> settings.batching.enabled=<on|off>`),
 waits for /healthz, sends `--warmup` requests, then `--requests` requests from `--concurrency` keep-alive
 connections (stopping early after `--max-seconds`), and reports decisions/s, latency p50/p90/p99 and errors
 (any non-200 answer or broken connection). The router's own classifier batch sizes come from its /metrics.
-The server's CPU time per decision (from /proc) is reported too: unlike decisions/s it hardly depends on
-what else runs on the machine, and 2 / (CPU s per decision) bounds the rate on 2 dedicated cores.
+The server's CPU time per decision (from /proc, the router's whole process session) is reported too: unlike
+decisions/s it hardly depends on what else runs on the machine, and cores / (CPU s per decision) bounds the rate
+on that many dedicated cores. `--write` replaces this script's block (between `<!-- route_throughput:begin -->`
+and `<!-- route_throughput:end -->`) in a markdown file, with the machine and its 1-minute load average.
 
 Queries are real: LLMRouter's query texts (14 tasks; ../shared/data or $KRONAXIS_DATA_MIRROR), cycled.
 The load generator speaks minimal HTTP/1.1 over asyncio streams (~20 µs per request) instead of a full
@@ -98,48 +100,78 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 _CL = re.compile(rb"content-length:\s*(\d+)", re.I)
+_CHUNKED = re.compile(rb"transfer-encoding:\s*chunked", re.I)
 
 
-async def _connection(port: int, bodies: list[bytes], counter: dict, n_total: int, deadline: float,
-                      latencies: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(status line + headers, body) of one HTTP/1.1 response (Content-Length or chunked)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    m = _CL.search(head)
+    if m:
+        return head, await reader.readexactly(int(m.group(1)))
+    if not _CHUNKED.search(head):
+        return head, b""
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return head, body
+        body += chunk[:-2]
+
+
+def request_bytes(path: str, body: bytes, headers: bytes = b"") -> bytes:
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + headers
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+async def _connection(port: int, requests: list[bytes], counter: dict, n_total: int, deadline: float,
+                      latencies: list[float], errors: list[str], expect: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
     try:
         while counter["next"] < n_total and time.perf_counter() < deadline:
             i = counter["next"]
             counter["next"] += 1
-            body = bodies[i % len(bodies)]
-            req = (b"POST /v1/route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             t0 = time.perf_counter()
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            m = _CL.search(head)
-            payload = await reader.readexactly(int(m.group(1))) if m else b""
+            writer.write(requests[i % len(requests)])
+            head, payload = await read_response(reader)
             latencies.append(time.perf_counter() - t0)
             if not head.startswith(b"HTTP/1.1 200"):
                 errors.append(head.split(b"\r\n", 1)[0].decode() + " " + payload[:200].decode("utf-8", "replace"))
-            elif b'"model"' not in payload:
-                errors.append("200 without a decision: " + payload[:200].decode("utf-8", "replace"))
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            elif expect not in payload:
+                errors.append(f"200 without {expect.decode()}: " + payload[:200].decode("utf-8", "replace"))
+            if b"connection: close" in head.lower():
+                errors.append("server closed the keep-alive connection")
+                break
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
         errors.append(f"connection: {type(e).__name__}: {e}")
     finally:
         writer.close()
 
 
-async def load(port: int, bodies: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+async def load(port: int, bodies: list[bytes], n: int, concurrency: int, max_seconds: float,
+               path: str = "/v1/route", headers: bytes = b"", expect: bytes = b'"model"',
+               keep_latencies: bool = False) -> dict[str, Any]:
+    """Send `n` POSTs of `bodies` (cycled) to `path` from `concurrency` keep-alive connections (stop after
+    `max_seconds`); every answer must be a 200 whose body contains `expect`. `headers`: extra header lines,
+    each ending in CRLF; `keep_latencies`: also return every latency (ms) as `latencies_ms`."""
+    requests = [request_bytes(path, b, headers) for b in bodies]
     counter = {"next": 0}
     latencies: list[float] = []
     errors: list[str] = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(_connection(port, bodies, counter, n, t0 + max_seconds, latencies, errors)
+    await asyncio.gather(*(_connection(port, requests, counter, n, t0 + max_seconds, latencies, errors, expect)
                            for _ in range(concurrency)))
     wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "wall_s": wall, "errors": len(errors), "error_examples": errors[:3],
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p90_ms": float(np.percentile(lat, 90)) if len(lat) else None,
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-            "req_per_s": len(latencies) / wall if wall else 0.0}
+    out = {"requests": len(latencies), "wall_s": wall, "errors": len(errors), "error_examples": errors[:3],
+           "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+           "p90_ms": float(np.percentile(lat, 90)) if len(lat) else None,
+           "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+           "req_per_s": len(latencies) / wall if wall else 0.0}
+    if keep_latencies:
+        out["latencies_ms"] = lat.tolist()
+    return out
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -157,16 +189,33 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc (Linux)."""
+    """utime + stime of a process (all its threads) and of its reaped children, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[k]) for k in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
 
 
-def run_mode(args: argparse.Namespace, mode: str, queries: list[str], workdir: Path) -> dict[str, Any]:
+def session_cpu_seconds(sid: int) -> float:
+    """CPU seconds of every live process of session `sid` (a server started with start_new_session=True and
+    whatever workers it forked), plus the children they reaped."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            total += sum(int(fields[k]) for k in (11, 12, 13, 14))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_mode(args: argparse.Namespace, name: str, bundle: str, mode: str, queries: list[str],
+             workdir: Path) -> dict[str, Any]:
     port = free_port()
     overrides = [f"settings.batching.enabled={'true' if mode == 'on' else 'false'}",
                  f"settings.limits.max_route_batch={max(1024, args.route_batch)}", *args.override]
-    proc = start_router(args.bundle, port, overrides, workdir / f"router-{mode}.log")
+    proc = start_router(bundle, port, overrides, workdir / f"router-{name}-{mode}.log")
     try:
         k = args.route_batch
         if k == 1:
@@ -177,25 +226,27 @@ def run_mode(args: argparse.Namespace, mode: str, queries: list[str], workdir: P
 
             bodies = [json.dumps({"requests": [item(queries[(i + j) % len(queries)]) for j in range(k)]}).encode()
                       for i in range(0, len(queries), k)]
-        asyncio.run(load(port, bodies, args.warmup, min(args.concurrency, 8), 60))
+        warm = asyncio.run(load(port, bodies, args.warmup, min(args.concurrency, 8), 60))
         before = scrape(port)
-        cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
+        cpu0, own0 = session_cpu_seconds(proc.pid), time.process_time()
         res = asyncio.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds))
-        cpu1, own1 = cpu_seconds(proc.pid), time.process_time()
+        cpu1, own1 = session_cpu_seconds(proc.pid), time.process_time()
         after = scrape(port)
     finally:
         stop(proc)
     calls = after.get("kronaxis_classifier_batch_size_count", 0) - before.get("kronaxis_classifier_batch_size_count", 0)
     texts = after.get("kronaxis_classifier_batch_size_sum", 0) - before.get("kronaxis_classifier_batch_size_sum", 0)
     decisions = res["requests"] * k
-    # CPU time per decision does not depend on what else runs on the machine: 2 free cores give at most
-    # 2 / server_cpu_s_per_decision decisions/s (the load generator's own CPU is reported beside it)
+    # CPU time per decision hardly depends on what else runs on the machine: c free cores give at most
+    # c / server_cpu_s_per_decision decisions/s (the load generator's own CPU is reported beside it)
     server_ms = (cpu1 - cpu0) * 1000 / max(decisions, 1)
-    res.update(mode=mode, route_batch=k, decisions=decisions, decisions_per_s=res["req_per_s"] * k,
+    cores = os.cpu_count() or 1
+    res.update(bundle=name, mode=mode, route_batch=k, concurrency=args.concurrency, decisions=decisions,
+               decisions_per_s=res["req_per_s"] * k, warmup_errors=warm["errors"],
                classifier_calls=int(calls), mean_classifier_batch=texts / calls if calls else None,
                server_cpu_ms_per_decision=server_ms,
                loadgen_cpu_ms_per_decision=(own1 - own0) * 1000 / max(decisions, 1),
-               capacity_2_cores=2000.0 / server_ms if server_ms else None)
+               capacity_all_cores=cores * 1000.0 / server_ms if server_ms else None)
     return res
 
 
@@ -212,9 +263,65 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {py}, {system}"
 
 
-def main() -> None:
+def write_block(path: str | Path, mark: str, text: str) -> None:
+    """Replace the `<!-- mark:begin -->…<!-- mark:end -->` block of `path` with `text` (appended if absent)."""
+    path = Path(path)
+    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + block
+    path.write_text(new)
+
+
+def parse_named(specs: list[str], what: str) -> list[tuple[str, str]]:
+    """NAME=VALUE pairs; a bare VALUE gets the name `bundle` (or bundleN)."""
+    out = []
+    for i, s in enumerate(specs):
+        name, sep, value = s.partition("=")
+        if not sep:
+            if what == "goal":
+                raise SystemExit(f"--goal {s!r}: expected NAME=DECISIONS_PER_S")
+            name, value = (f"bundle{i + 1}" if len(specs) > 1 else "bundle"), s
+        out.append((name, value))
+    return out
+
+
+def f1(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def markdown(info: dict[str, Any]) -> str:
+    cores = os.cpu_count()
+    lines = [f"### Router throughput (`POST /v1/route`) — {info['date']}", "", f"`{info['command']}`", "",
+             f"Machine: {info['machine']}. 1-min load average {info['loadavg_1m_before']:.2f} before, "
+             f"{info['loadavg_1m_after']:.2f} after. {info['queries']} LLMRouter query texts, cycled.", "",
+             "| bundle | micro-batching | decisions/request | concurrency | requests | wall s | decisions/s | p50 ms "
+             "| p90 ms | p99 ms | errors | mean classifier batch | server CPU ms/decision "
+             f"| ⇒ decisions/s on {cores} free cores |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in info["results"]:
+        mb = "-" if r["mean_classifier_batch"] is None else f"{r['mean_classifier_batch']:.1f}"
+        cap = "-" if r["capacity_all_cores"] is None else f"{r['capacity_all_cores']:.0f}"
+        lines.append(f"| {r['bundle']} | {r['mode']} | {r['route_batch']} | {r['concurrency']} | {r['requests']} | "
+                     f"{r['wall_s']:.1f} | {r['decisions_per_s']:.0f} | {f1(r['p50_ms'])} | {f1(r['p90_ms'])} | "
+                     f"{f1(r['p99_ms'])} | {r['errors']} | {mb} | {r['server_cpu_ms_per_decision']:.2f} | {cap} |")
+    if info["goals"]:
+        lines.append("")
+    for name, rate in info["goals"].items():
+        for r in [r for r in info["results"] if r["bundle"] == name and r["mode"] == "on"]:
+            ok = r["decisions_per_s"] >= rate and r["errors"] == 0
+            lines.append(f"- `{name}` with micro-batching: {r['decisions_per_s']:.0f} decisions/s, {r['errors']} errors "
+                         f"(goal ≥ {rate:g}/s, 0 errors: {'**met**' if ok else '**not met**'} as measured here).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True, help="bundle directory written by kronaxis-export")
+    ap.add_argument("--bundle", action="append", required=True,
+                    help="[NAME=]bundle directory written by kronaxis-export (repeatable)")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this long")
@@ -223,37 +330,33 @@ def main() -> None:
     ap.add_argument("--route-batch", type=int, default=1, help="decisions per request ({'requests': [...]})")
     ap.add_argument("--queries", default=None, help="JSONL with a 'query'/'text' field (default: LLMRouter queries)")
     ap.add_argument("--override", action="append", default=[], help="extra kronaxis-serve override (repeatable)")
+    ap.add_argument("--goal", action="append", default=[], help="NAME=decisions/s to check (micro-batching on)")
     ap.add_argument("--json", default=None, help="write the raw results here")
-    ap.add_argument("--write", default=None, help="append a markdown result section to this file")
-    args = ap.parse_args()
+    ap.add_argument("--write", default=None, help="rewrite this script's table block in this markdown file")
+    args = ap.parse_args(argv)
 
     queries = load_queries(args.queries)
     load1 = os.getloadavg()[0]
     results = []
     with tempfile.TemporaryDirectory(prefix="kronaxis-bench-") as tmp:
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            r = run_mode(args, mode, queries, Path(tmp))
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    info = {"machine": machine(), "loadavg_1m_before": load1, "bundle": args.bundle,
-            "command": " ".join(["python", "benchmarks/route_throughput.py", *sys.argv[1:]]),
-            "queries": len(queries), "results": results}
+        for name, bundle in parse_named(args.bundle, "bundle"):
+            for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+                r = run_mode(args, name, bundle, mode, queries, Path(tmp))
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    info = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "loadavg_1m_before": load1,
+            "loadavg_1m_after": os.getloadavg()[0], "bundles": dict(parse_named(args.bundle, "bundle")),
+            "command": " ".join(["python", "benchmarks/route_throughput.py",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "queries": len(queries), "goals": {n: float(v) for n, v in parse_named(args.goal, "goal")},
+            "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2))
-    lines = ["| micro-batching | decisions/request | requests | wall s | decisions/s | p50 ms | p90 ms | p99 ms "
-             "| errors | mean classifier batch | server CPU ms/decision | ⇒ decisions/s on 2 free cores |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        mb = "-" if r["mean_classifier_batch"] is None else f"{r['mean_classifier_batch']:.1f}"
-        lines.append(f"| {r['mode']} | {r['route_batch']} | {r['requests']} | {r['wall_s']:.1f} | "
-                     f"{r['decisions_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['errors']} | {mb} | {r['server_cpu_ms_per_decision']:.2f} | {r['capacity_2_cores']:.0f} |")
-    table = "\n".join(lines)
+    table = markdown(info)
     print(table)
     if args.write:
-        with open(args.write, "a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M')} — `{info['command']}`\n\n"
-                    f"Machine: {info['machine']}; 1-min load average before the run: {load1:.1f}.\n\n{table}\n")
+        write_block(args.write, "route_throughput", table)
+    return info
 
 
 if __name__ == "__main__":

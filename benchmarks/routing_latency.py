@@ -1,25 +1,29 @@
-"""Routing-decision latency at batch 1: the exported bundle (ONNX int8 / fp32) vs PyTorch vs a bert-base router.
+"""Batch-1 routing-decision latency of exported bundles (format 2), beside a bert-base-sized router, in one run.
 
-    .venv/bin/python benchmarks/routing_latency.py --bundle <kronaxis-export out>/bundle [--n 500] [--threads 1]
-        [--queries ../shared/data/llmrouter/queries_train.jsonl] [--layers 3] [--no-bert-base] [--json out.json]
+    .venv/bin/python benchmarks/routing_latency.py --bundle quality=<minilm bundle> [--bundle tfidf=<dir> ...]
+        [--variants fp32,int8] [--n 500] [--threads 1] [--bert-layers 12 --bert-hidden 768 | --no-bert]
+        [--queries ../shared/data/llmrouter/queries_train.jsonl] [--json out.json] [--write benchmarks/routing_latency.md]
 
-One *decision* = text → tokenize → encoder → probabilities (logits_to_proba) → policy decision (the bundle's
-policy at its operating parameter, with the text's expected cost). Pipelines, all on the same queries:
+One *decision* is what the router calls per request (`RoutingEngine.classify` then `RoutingEngine.choose`):
 
-- bundle int8 / bundle fp32: `Bundle` internals, timed per stage (tokenize, ONNX run, post-process + decide);
-  plus `Bundle.route([text])`, the public call, end to end;
-- torch: the same classifier in PyTorch (`TierPredictor.predict_proba`, HF tokenizer) + the same decide;
-- bert-base torch / ONNX fp32 / ONNX int8: a randomly initialised encoder with BertConfig's default sizes
-  (12 layers, hidden 768: bert-base) and the same head, tokenizer, harness and decide;
-- with --layers N: the classifier cut to N evenly spaced layers (the distilled student's shape), int8 —
-  latency only (its weights are not re-trained here).
+    P = bundle.predict_proba([text], variant)     # runtime tree: tokenize → graph(s) / arrays → P̂ (fleet order)
+    bundle.decide(P, [text])                      # cost model (prompt-token count) + the bundle's policy
 
-Pipelines take turns in blocks of `--block` queries (rotating order, one untimed warm-up call per turn), so
-load fluctuations on a shared machine hit every pipeline alike while each block runs with warm caches, as in a
-process that only routes. Every engine gets the same thread count. Reported per stage: wall time and this
-thread's CPU time (`time.thread_time`; with --threads 1 everything runs on the calling thread, so CPU time
-is the latency the same code has on an idle core — the honest number on a shared machine).
-Goals (issue "Ship the router"): int8 bundle p50 ≤ 2 ms on typical queries, ≥ 10× faster than bert-base.
+timed per stage (predict, decide) with wall time and this thread's CPU time (`time.thread_time`; with
+`--threads 1` every onnxruntime op runs on the calling thread, so CPU time is the latency the same code has on
+an idle core: the number to read on a shared machine). Rows, all on the same queries:
+
+- one row per `--bundle NAME=DIR` and variant it has (`--variants`; TF-IDF and other graph-free runtimes have
+  only fp32), plus `bundle.route([text])` (one tokenizer pass for P̂ and the token count) for the first bundle;
+- **bert-base-sized, random init**: the first transformer bundle copied with its ONNX graphs replaced by a
+  *randomly initialised* `BertForSequenceClassification(BertConfig())` (12 layers, hidden 768, ~110M
+  parameters) exported with the bundle's own exporter (`export_graph`, `quantize_int8`) and the same tokenizer,
+  head post-processing and policy. No model hub here, and latency does not depend on the weights: the
+  row measures a bert-base-*sized* router, not a trained one. `--bert-layers/--bert-hidden` shrink it (tests).
+
+Rows take turns in blocks of `--block` queries (rotating order, one untimed warm-up call per turn), so load
+changes on a shared machine hit every row alike. Goals (issue "Ship the router"): default quality bundle
+(6-layer MiniLM) p50 ≤ 2 ms; ≥ 10× faster than the bert-base-sized router (same variant).
 """
 
 from __future__ import annotations
@@ -29,239 +33,277 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from kronaxis_lab.export.bundle import Bundle, load_bundle
+from kronaxis_lab.export.onnx_export import export_graph, quantize_int8
+from kronaxis_lab.export.runtimes import OnnxTransformerRuntime
+from kronaxis_lab.export.schema import VARIANT_FILES
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_QUERIES = ROOT.parent / "shared" / "data" / "llmrouter" / "queries_train.jsonl"
+MARK = "routing_latency"  # --write replaces the block between <!-- MARK:begin --> and <!-- MARK:end -->
+
+
+# -- shared bits (each benchmark script is standalone) ---------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}", "loadavg_1m": os.getloadavg()[0]}
+
+
+def write_block(path: str | Path, mark: str, text: str) -> None:
+    """Replace the `<!-- mark:begin -->…<!-- mark:end -->` block of `path` with `text` (appended if absent)."""
+    path = Path(path)
+    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + block
+    path.write_text(new)
 
 
 def load_queries(path: Path, n: int, seed: int) -> list[str]:
-    import pandas as pd
+    texts = []
+    for line in path.read_text().split("\n"):  # not splitlines(): texts may hold U+2028
+        if line.strip():
+            row = json.loads(line)
+            t = row.get("query") or row.get("text") or row.get("prompt") or row.get("question")
+            if isinstance(t, str) and t.strip():
+                texts.append(t)
+    rng = np.random.default_rng(seed)
+    return [texts[i] for i in rng.permutation(len(texts))[:n]]
 
-    df = pd.read_json(path, lines=True)
-    col = "query" if "query" in df.columns else "prompt"
-    texts = df[col].dropna().astype(str)
-    return texts.sample(n=min(n, len(texts)), random_state=seed).tolist()
 
-
-def pct(ts: list[float]) -> dict[str, float]:
-    a = np.asarray(ts) * 1e3
+def pct(a: np.ndarray) -> dict[str, float]:
+    a = np.asarray(a) * 1e3
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
 
 
-def side_bundle(bundle, clf, model, workdir: Path, threads: int, want_int8: bool):
-    """A Bundle around another encoder `model` with `bundle`'s head, tokenizer, policy and int8 settings."""
-    from kronaxis_lab.export.bundle import Bundle
-    from kronaxis_lab.export.onnx_export import export_onnx, quantize_int8
-
-    other = type(clf).__new__(type(clf))
-    other.__dict__.update(clf.__dict__)
-    other.model_ = model.eval().requires_grad_(False)
-    workdir.mkdir(parents=True)
-    shutil.copytree(bundle.dir / bundle.meta["files"]["tokenizer"], workdir / "tokenizer")
-    export_onnx(other, workdir / "model.onnx", opset=int(bundle.meta["onnx"]["opset"]))
-    files = {"onnx_fp32": "model.onnx", "tokenizer": "tokenizer", "onnx_int8": None}
-    if want_int8:
-        q = bundle.meta["onnx"].get("int8") or {}
-        quantize_int8(workdir / "model.onnx", workdir / "model.int8.onnx", q.get("per_channel", True),
-                      q.get("reduce_range", False))
-        files["onnx_int8"] = "model.int8.onnx"
-    meta = {**bundle.meta, "files": files, "default_variant": "fp32"}
-    return other, Bundle(workdir, meta, intra_op_threads=threads, inter_op_threads=1)
-
-
-def bert_base_model(clf, n_labels: int):
-    """Randomly initialised encoder with BertConfig's default sizes (bert-base: 12 × 768, ~110M parameters)."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=clf.tokenizer_.vocab_size, num_labels=n_labels))
-
-
-def layer_dropped_model(clf, n_layers: int):
-    """The classifier keeping `n_layers` evenly spaced encoder layers (the student's architecture; untrained)."""
-    import copy
-
-    from kronaxis_lab.classifiers.tier_predictor import keep_layers, n_encoder_layers, select_layers
-
-    model = copy.deepcopy(clf.model_)
-    keep_layers(model, select_layers(n_encoder_layers(model), n_layers))
-    return model
-
-
+# -- pipelines -------------------------------------------------------------------------------------------
 def _now() -> tuple[float, float]:
     return time.perf_counter(), time.thread_time()
 
 
-def _stages(*marks: tuple[float, float]) -> list[float]:
-    """Wall seconds per stage, then CPU seconds per stage (this thread), between consecutive marks."""
-    wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
-    return wall + cpu
+def decision(bundle: Bundle, variant: str) -> Callable[[str], list[float]]:
+    """run(text) → [wall predict, wall decide, cpu predict, cpu decide] (s): the server's per-request path."""
+
+    def run(text: str) -> list[float]:
+        m0 = _now()
+        P = bundle.predict_proba([text], variant)
+        m1 = _now()
+        bundle.decide(P, [text])
+        m2 = _now()
+        return [m1[0] - m0[0], m2[0] - m1[0], m1[1] - m0[1], m2[1] - m1[1]]
+
+    return run
 
 
-class Pipelines:
-    """Each factory returns run(text) → [wall tokenize, wall infer, wall post+decide, cpu ×3] in seconds."""
+def route_call(bundle: Bundle, variant: str) -> Callable[[str], list[float]]:
+    """`bundle.route([text])`: predict + decide with one tokenizer pass (timed as one stage)."""
 
-    def __init__(self, bundle, clf):
-        self.bundle, self.clf = bundle, clf
+    def run(text: str) -> list[float]:
+        m0 = _now()
+        bundle.route([text], variant=variant)
+        m1 = _now()
+        return [m1[0] - m0[0], 0.0, m1[1] - m0[1], 0.0]
 
-    def onnx(self, b, variant):
-        from kronaxis_lab.classifiers.tier_predictor import logits_to_proba
-
-        rt = b.classifier
-        sess = rt.session(variant)
-        out = sess.get_outputs()[0].name
-
-        def run(text):  # what Bundle.route does, stage by stage
-            m0 = _now()
-            feed, counts = rt.tokenizer.encode_with_counts([text])
-            m1 = _now()
-            z = sess.run([out], feed)[0]
-            m2 = _now()
-            P = logits_to_proba(z, rt.head, rt.tier_order_idx)[:, rt.columns]
-            b.decide(P, input_tokens=counts)
-            return _stages(m0, m1, m2, _now())
-
-        return run
-
-    def public(self, b, variant):
-        def run(text):
-            m0 = _now()
-            b.route([text], variant=variant)
-            w, c = _stages(m0, _now())
-            return [0.0, 0.0, w, 0.0, 0.0, c]
-
-        return run
-
-    def torch(self, clf, b):
-        import torch
-
-        from kronaxis_lab.classifiers.tier_predictor import logits_to_proba
-
-        model, tok = clf.model_.eval(), clf.tokenizer_
-        cols = [b.label_order.index(n) for n in b.model_names]
-
-        def run(text):
-            m0 = _now()
-            enc = tok([text], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt")
-            m1 = _now()
-            with torch.inference_mode():
-                z = model(**enc).logits.numpy()
-            m2 = _now()
-            P = logits_to_proba(z, clf.head_, clf.tier_order_)[:, cols]
-            b.decide(P, [text])
-            return _stages(m0, m1, m2, _now())
-
-        return run
+    return run
 
 
-def main() -> None:
+def bert_sized_bundle(src: Bundle, workdir: Path, layers: int, hidden: int, threads: int) -> tuple[Bundle, int]:
+    """`src` (an OnnxTransformerRuntime bundle) copied with its graphs replaced by a randomly initialised
+    BERT of `layers` × `hidden` (BertConfig defaults otherwise: bert-base at 12 × 768); (bundle, parameters)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    rt = src.classifier
+    dst = workdir / "bert_sized_bundle"
+    shutil.copytree(src.dir, dst)
+    tok = AutoTokenizer.from_pretrained(dst / rt.node["files"]["tokenizer"])
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=max(tok.vocab_size, len(tok)), num_labels=len(rt.label_order),
+                     num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=max(1, hidden // 64),
+                     intermediate_size=4 * hidden)
+    model = BertForSequenceClassification(cfg).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    files = rt.node["files"]
+    fp32 = dst / files[VARIANT_FILES["fp32"]]
+    export_graph(model, tok, fp32, "logits", int(rt.node["onnx"].get("opset", 17)),
+                 max_length=int(rt.node["max_length"]))
+    if files.get(VARIANT_FILES["int8"]):
+        quantize_int8(fp32, dst / files[VARIANT_FILES["int8"]])
+    # graphs changed after export: the hashes in router.json no longer match (by design of this benchmark)
+    return load_bundle(dst, verify_hashes=False, intra_op_threads=threads, inter_op_threads=1, batch_size=16), n_params
+
+
+# -- main --------------------------------------------------------------------------------------------------
+def parse_bundles(specs: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for i, s in enumerate(specs):
+        name, sep, path = s.partition("=")
+        out.append((name, Path(path)) if sep else (f"bundle{i + 1}" if len(specs) > 1 else "bundle", Path(s)))
+    return out
+
+
+def build_rows(args: argparse.Namespace, texts: list[str], tmp: Path) -> tuple[dict[str, dict], dict[str, Any]]:
+    rows: dict[str, dict] = {}
+    extra: dict[str, Any] = {"bundles": {}}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    first_transformer = None
+    for k, (name, path) in enumerate(parse_bundles(args.bundle)):
+        b = load_bundle(path, intra_op_threads=args.threads, inter_op_threads=1, batch_size=16)
+        extra["bundles"][name] = {"dir": str(path), "runtime": type(b.classifier).__name__,
+                                  "classifier": (b.meta.get("source") or {}).get("classifier_class"),
+                                  "default_variant": b.default_variant, "variants": b.variants,
+                                  "policy": b.policy_name, "models": len(b.model_names)}
+        for v in [v for v in variants if v in b.variants] or [b.default_variant]:
+            rows[f"{name} {v}"] = {"run": decision(b, v), "bundle": name, "variant": v}
+        if k == 0:
+            extra["token_lengths"] = np.asarray(b.count_tokens(texts))  # prompt tokens, no truncation
+            rows[f"{name} {b.default_variant}: bundle.route()"] = {"run": route_call(b, b.default_variant),
+                                                                    "bundle": name, "variant": b.default_variant}
+        if first_transformer is None and isinstance(b.classifier, OnnxTransformerRuntime):
+            first_transformer = (name, b)
+    if not args.no_bert:
+        if first_transformer is None:
+            raise SystemExit("the bert-base-sized row needs a transformer bundle (tier predictor) among --bundle "
+                             "(its tokenizer and head are reused); or pass --no-bert")
+        base_name, base = first_transformer
+        bb, n_params = bert_sized_bundle(base, tmp, args.bert_layers, args.bert_hidden, args.threads)
+        label = ("bert-base-sized (random init, BertConfig())" if (args.bert_layers, args.bert_hidden) == (12, 768)
+                 else f"bert {args.bert_layers}x{args.bert_hidden} (random init)")
+        extra["bert"] = {"label": label, "layers": args.bert_layers, "hidden": args.bert_hidden,
+                         "parameters": n_params, "tokenizer_and_head_from": base_name}
+        for v in [v for v in variants if v in bb.variants]:
+            rows[f"{label} {v}"] = {"run": decision(bb, v), "bundle": "bert", "variant": v}
+    return rows, extra
+
+
+def measure(rows: dict[str, dict], texts: list[str], warmup: int, block: int) -> dict[str, np.ndarray]:
+    names = list(rows)
+    for name in names:  # sessions, lazy imports, allocator warm-up
+        for t in texts[:warmup]:
+            rows[name]["run"](t)
+    out: dict[str, list] = {n: [] for n in names}
+    for b_i, s0 in enumerate(range(0, len(texts), block)):
+        chunk = texts[s0:s0 + block]
+        for k in range(len(names)):
+            name = names[(b_i + k) % len(names)]
+            rows[name]["run"](chunk[0])  # untimed: re-warm caches after the previous row's block
+            out[name] += [rows[name]["run"](t) for t in chunk]
+    return {n: np.asarray(v) for n, v in out.items()}
+
+
+def goals(res: dict[str, Any]) -> list[str]:
+    rows, lines = res["rows"], []
+    first = next(iter(res["bundles"]))
+    default = res["bundles"][first]["default_variant"]
+    clock = "cpu" if res["threads"] == 1 else "wall"
+    ref = rows.get(f"{first} {default}")
+    if ref:
+        p50 = ref[clock]["total"]["p50_ms"]
+        lines.append(f"- `{first}` ({default}, its default variant) p50 {p50:.2f} ms ({clock} time): goal ≤ 2 ms "
+                     f"{'**met**' if p50 <= 2 else '**not met**'}.")
+    for name, r in rows.items():
+        if r["bundle"] != "bert":
+            continue
+        mine = rows.get(f"{first} {r['variant']}")
+        if mine:
+            x = r[clock]["total"]["p50_ms"] / mine[clock]["total"]["p50_ms"]
+            lines.append(f"- {name} / `{first} {r['variant']}` p50: {x:.1f}× (goal ≥ 10× "
+                         f"{'**met**' if x >= 10 else '**not met**'}).")
+    return lines
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    clock = "CPU" if res["threads"] == 1 else "wall"
+    ref = next(iter(res["rows"].values()))["cpu" if res["threads"] == 1 else "wall"]["total"]["p50_ms"]
+    lines = [f"### Batch-1 decision latency — {res['date']}", "",
+             f"`{res['command']}`", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['system']}; onnxruntime "
+             f"{res['onnxruntime']}. 1-min load average {res['loadavg_1m_start']:.2f} → {res['loadavg_1m_end']:.2f}.",
+             f"{res['n_queries']} queries (prompt tokens p50 {res['tokens_p50']:.0f}, p90 {res['tokens_p90']:.0f}), "
+             f"{res['threads']} onnxruntime thread(s); wall {res['wall_s']:.1f} s.", "",
+             f"| row | runtime | p50 ms ({clock}) | p99 ms ({clock}) | predict p50 | decide p50 | wall p50 | "
+             "wall p99 | p50 / first row |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res["rows"].items():
+        c = r["cpu" if res["threads"] == 1 else "wall"]
+        rt = res["bundles"].get(r["bundle"], {}).get("runtime", "OnnxTransformerRuntime (BERT)")
+        lines.append(f"| {name} | {rt} | {c['total']['p50_ms']:.2f} | {c['total']['p99_ms']:.2f} | "
+                     f"{c['predict']['p50_ms']:.3f} | {c['decide']['p50_ms']:.3f} | {r['wall']['total']['p50_ms']:.2f} | "
+                     f"{r['wall']['total']['p99_ms']:.2f} | {c['total']['p50_ms'] / ref:.1f}× |")
+    if res.get("bert"):
+        b = res["bert"]
+        lines += ["", f"{b['label']}: {b['layers']} layers × hidden {b['hidden']}, {b['parameters'] / 1e6:.1f}M "
+                  f"parameters, **randomly initialised** (no model hub here; latency does not depend on the weights), "
+                  f"tokenizer, head and policy of `{b['tokenizer_and_head_from']}`."]
+    lines += ["", *goals(res)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True, type=Path)
+    ap.add_argument("--bundle", action="append", required=True, help="NAME=DIR (repeatable; the first is the reference)")
+    ap.add_argument("--variants", default="fp32,int8", help="variants to time where a bundle has them")
     ap.add_argument("--queries", type=Path, default=DEFAULT_QUERIES)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--block", type=int, default=50, help="queries per pipeline turn (pipelines rotate per block)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for onnxruntime and torch")
+    ap.add_argument("--block", type=int, default=50, help="queries per row turn (rows rotate per block)")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (the router uses 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-bert-base", action="store_true")
-    ap.add_argument("--no-bert-int8", action="store_true")
-    ap.add_argument("--layers", type=int, default=0, help="also time an N-layer copy of the classifier (int8)")
+    ap.add_argument("--no-bert", action="store_true", help="skip the bert-base-sized row")
+    ap.add_argument("--bert-layers", type=int, default=12)
+    ap.add_argument("--bert-hidden", type=int, default=768)
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--write", type=Path, default=None, help="rewrite this script's table block in this markdown file")
+    args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
     import onnxruntime
-    import torch
 
-    from kronaxis_lab.classifiers.base import load_classifier
-    from kronaxis_lab.export.bundle import load_bundle
-
-    torch.set_num_threads(args.threads)
-    load0 = os.getloadavg()
-    bundle = load_bundle(args.bundle, intra_op_threads=args.threads, inter_op_threads=1)
-    clf = load_classifier(bundle.meta["source"]["classifier_dir"])
-    clf.show_progress = False
+    load0 = os.getloadavg()[0]
     texts = load_queries(args.queries, args.n, args.seed)
-    lengths = np.array([bundle.classifier.tokenizer.encode([t])["input_ids"].shape[1] for t in texts])
-    pl = Pipelines(bundle, clf)
-    runs = {"bundle int8": pl.onnx(bundle, "int8"), "bundle fp32": pl.onnx(bundle, "fp32"),
-            "bundle.route() int8": pl.public(bundle, "int8"), "torch (same classifier)": pl.torch(clf, bundle)}
-    extra = {}
-    tmp = Path(tempfile.mkdtemp(prefix="routing_latency_"))
-    if args.layers:
-        small, sb = side_bundle(bundle, clf, layer_dropped_model(clf, args.layers), tmp / "small", args.threads, True)
-        runs[f"{args.layers}-layer student shape int8 (untrained)"] = pl.onnx(sb, "int8")
-    if not args.no_bert_base:
-        model = bert_base_model(clf, len(bundle.label_order))
-        extra["bert_base_params"] = sum(p.numel() for p in model.parameters())
-        big, bb = side_bundle(bundle, clf, model, tmp / "bert_base", args.threads, not args.no_bert_int8)
-        runs["bert-base torch"] = pl.torch(big, bundle)
-        runs["bert-base ONNX fp32"] = pl.onnx(bb, "fp32")
-        if not args.no_bert_int8:
-            runs["bert-base ONNX int8"] = pl.onnx(bb, "int8")
-    names = list(runs)
-    for name in names:  # sessions, lazy imports, allocator warm-up
-        for t in texts[: args.warmup]:
-            runs[name](t)
-    stages = {n: [] for n in names}
-    t_start = time.perf_counter()
-    for b_i, s0 in enumerate(range(0, len(texts), args.block)):
-        block = texts[s0:s0 + args.block]
-        for k in range(len(names)):
-            name = names[(b_i + k) % len(names)]
-            runs[name](block[0])  # untimed: re-warm caches after the previous pipeline's block
-            stages[name] += [runs[name](t) for t in block]
-    wall = time.perf_counter() - t_start
-    load1 = os.getloadavg()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-    res = {"n_queries": len(texts), "threads": args.threads, "tokens_p50": float(np.median(lengths)),
-           "tokens_p90": float(np.percentile(lengths, 90)), "max_length": bundle.meta["max_length"],
-           "bundle": str(args.bundle), "classifier": bundle.meta["source"].get("classifier_class"),
-           "base_model": bundle.meta["source"].get("base_model"), "policy": bundle.policy_name,
-           "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "loadavg_start": load0, "loadavg_end": load1,
-                       "python": platform.python_version(), "torch": torch.__version__,
-                       "onnxruntime": onnxruntime.__version__},
-           "wall_s": wall, **extra, "pipelines": {}}
-    for name in names:
-        a = np.asarray(stages[name])
-        res["pipelines"][name] = {
-            "wall": {"total": pct(a[:, :3].sum(axis=1)), "tokenize": pct(a[:, 0]), "infer": pct(a[:, 1]),
-                     "post_decide": pct(a[:, 2])},
-            "cpu": {"total": pct(a[:, 3:].sum(axis=1)), "tokenize": pct(a[:, 3]), "infer": pct(a[:, 4]),
-                    "post_decide": pct(a[:, 5])}}
-    print(f"{len(texts)} queries (tokens p50 {res['tokens_p50']:.0f}, p90 {res['tokens_p90']:.0f}, max "
-          f"{res['max_length']}), {args.threads} thread(s), load {load0[0]:.1f} → {load1[0]:.1f}")
-    # thread CPU time counts only the calling thread: a faithful "idle machine" latency with 1 thread only
-    for clock in ("wall", "cpu") if args.threads == 1 else ("wall",):
-        ref = res["pipelines"]["bundle int8"][clock]["total"]["p50_ms"]
-        print(f"\n{clock} time (ms)\n| pipeline | p50 | p99 | tokenize p50 | inference p50 | post+decide p50 | "
-              "p50 / int8 bundle |\n|---|---:|---:|---:|---:|---:|---:|")
-        for name in names:
-            p = res["pipelines"][name][clock]
-            print(f"| {name} | {p['total']['p50_ms']:.2f} | {p['total']['p99_ms']:.2f} | "
-                  f"{p['tokenize']['p50_ms']:.3f} | {p['infer']['p50_ms']:.2f} | {p['post_decide']['p50_ms']:.3f} | "
-                  f"{p['total']['p50_ms'] / ref:.1f}× |")
+    with tempfile.TemporaryDirectory(prefix="routing_latency_") as tmp:
+        rows, extra = build_rows(args, texts, Path(tmp))
+        t0 = time.perf_counter()
+        stages = measure(rows, texts, args.warmup, args.block)
+        wall = time.perf_counter() - t0
+    lengths = extra.pop("token_lengths")
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", "benchmarks/routing_latency.py",
+                                                                       *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(), "onnxruntime": onnxruntime.__version__, "loadavg_1m_start": load0,
+        "loadavg_1m_end": os.getloadavg()[0], "n_queries": len(texts), "threads": args.threads, "wall_s": wall,
+        "tokens_p50": float(np.median(lengths)) if len(lengths) else 0.0,
+        "tokens_p90": float(np.percentile(lengths, 90)) if len(lengths) else 0.0, **extra, "rows": {}}
+    for name, a in stages.items():
+        res["rows"][name] = {"bundle": rows[name]["bundle"], "variant": rows[name]["variant"], "n": len(a),
+                             "wall": {"total": pct(a[:, 0] + a[:, 1]), "predict": pct(a[:, 0]), "decide": pct(a[:, 1])},
+                             "cpu": {"total": pct(a[:, 2] + a[:, 3]), "predict": pct(a[:, 2]), "decide": pct(a[:, 3])}}
+    table = markdown(res)
+    print(table, flush=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    if args.write:
+        write_block(args.write, MARK, table)
+    return res
 
 
 if __name__ == "__main__":
