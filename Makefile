@@ -8,6 +8,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE   # spinning OpenMP threads starve the other processes on 2 cores
 PYTEST_ARGS ?=
+# two pytest-xdist workers, one test file each at a time (module fixtures stay in one process): many tests wait on
+# subprocesses, servers and sandboxes, so 2 workers on 2 cores finish in about half the time; PYTEST_WORKERS=0 runs serially
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: help setup setup-system setup-vllm data demo demo-live lint test test-fast bench clean
 
@@ -50,10 +54,10 @@ lint:  ## ruff: lint + import order (rules in pyproject.toml [tool.ruff])
 	$(BIN)/ruff check .
 
 test: lint  ## lint, then the whole test suite (slow tests included)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast:  ## skip tests marked slow
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 bench:  ## run the benchmarks and rewrite their results tables under benchmarks/
 	$(BIN)/python benchmarks/replay_speed.py --write benchmarks/replay_speed.md

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from route_throughput import free_port, load, load_queries, machine, session_cpu_seconds, stop, write_block
+from bench_common import machine, write_block
+from route_throughput import free_port, load, load_queries, session_cpu_seconds, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER_KEY = "bench-router-key-7d2e1f0a9b8c6d5e4f3a"

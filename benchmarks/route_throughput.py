@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_common import machine, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,30 +250,6 @@ def run_mode(args: argparse.Namespace, name: str, bundle: str, mode: str, querie
     return res
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    py, system = platform.python_version(), f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, Python {py}, {system}"
-
-
-def write_block(path: str | Path, mark: str, text: str) -> None:
-    """Replace the `<!-- mark:begin -->…<!-- mark:end -->` block of `path` with `text` (appended if absent)."""
-    path = Path(path)
-    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    old = path.read_text() if path.is_file() else ""
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + block
-    path.write_text(new)
 
 
 def parse_named(specs: list[str], what: str) -> list[tuple[str, str]]:

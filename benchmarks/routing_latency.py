@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from bench_common import machine_info as machine
+from bench_common import write_block
 
 from kronaxis_lab.export.bundle import Bundle, load_bundle
 from kronaxis_lab.export.onnx_export import export_graph, quantize_int8
@@ -51,31 +52,7 @@ DEFAULT_QUERIES = ROOT.parent / "shared" / "data" / "llmrouter" / "queries_train
 MARK = "routing_latency"  # --write replaces the block between <!-- MARK:begin --> and <!-- MARK:end -->
 
 
-# -- shared bits (each benchmark script is standalone) ---------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}", "loadavg_1m": os.getloadavg()[0]}
-
-
-def write_block(path: str | Path, mark: str, text: str) -> None:
-    """Replace the `<!-- mark:begin -->…<!-- mark:end -->` block of `path` with `text` (appended if absent)."""
-    path = Path(path)
-    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    old = path.read_text() if path.is_file() else ""
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + block
-    path.write_text(new)
+# -- inputs ---------------------------------------------------------------------------------------------
 
 
 def load_queries(path: Path, n: int, seed: int) -> list[str]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,37 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_common import machine, write_block
 from route_throughput import markdown as throughput_markdown  # sibling script: benchmarks/ is sys.path[0]
 
 HERE = Path(__file__).resolve().parent
 MARK = "speed_suite"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
-def write_block(path: str | Path, mark: str, text: str, first: bool = False) -> None:
-    """Replace the `<!-- mark:begin -->…<!-- mark:end -->` block of `path` (else append it, or put it first)."""
-    path = Path(path)
-    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    old = path.read_text() if path.is_file() else ""
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):].lstrip("\n")
-    elif first:
-        new = block + ("\n" + old if old else "")
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + block
-    path.write_text(new)
 
 
 def steps(args: argparse.Namespace, out: Path, write: Path) -> list[tuple[str, list[str]]]:

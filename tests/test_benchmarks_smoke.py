@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import their sibling route_throughput (benchmarks/ is no package)
 
+import bench_common  # noqa: E402
 import gateway_overhead  # noqa: E402
 import route_throughput  # noqa: E402
 
@@ -79,9 +80,9 @@ def test_load_generator_against_the_local_upstream(tmp_path):
 def test_write_block_replaces_only_its_block(tmp_path):
     md = tmp_path / "x.md"
     md.write_text("# Prose\n\nkept\n")
-    route_throughput.write_block(md, "b", "first table")
-    route_throughput.write_block(md, "other", "other table")
-    route_throughput.write_block(md, "b", "second table")
+    bench_common.write_block(md, "b", "first table")
+    bench_common.write_block(md, "other", "other table")
+    bench_common.write_block(md, "b", "second table")
     text = md.read_text()
     assert text.startswith("# Prose\n\nkept\n") and "other table" in text
     assert "second table" in text and "first table" not in text and text.count("<!-- b:begin -->") == 1
