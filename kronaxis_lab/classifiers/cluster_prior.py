@@ -52,6 +52,16 @@ def _normalise(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
+def fit_temperature(assign, scores: np.ndarray, rates: np.ndarray, Yv: np.ndarray,
+                    log_bounds: tuple[float, float]) -> tuple[float, float]:
+    """(T, val log-loss) of P̂ = assign(scores, T) @ rates: a bounded search over log T, or T = 0 (hard
+    assignment) when that is better. Shared by the cluster prior (scores = −distance²) and the task prior (logits)."""
+    hard = log_loss(assign(scores, 0.0) @ rates, Yv)
+    res = minimize_scalar(lambda t: log_loss(assign(scores, float(np.exp(t))) @ rates, Yv),
+                          method="bounded", bounds=log_bounds, options={"xatol": 1e-3})
+    return (float(np.exp(res.x)), float(res.fun)) if res.fun < hard else (0.0, hard)
+
+
 def cluster_rates(labels: np.ndarray, y: np.ndarray, n_clusters: int,
                   smoothing: float) -> tuple[np.ndarray, np.ndarray]:
     """(r (K, m), g (m,)): per-cluster success rates shrunk toward the global rate g (module docstring)."""
@@ -136,11 +146,7 @@ class ClusterPriorRouter(UsesEmbedder, Classifier):
 
     # -- fit --------------------------------------------------------------------------------------
     def _fit_temperature(self, D2: np.ndarray, rates: np.ndarray, Yv: np.ndarray) -> tuple[float, float]:
-        """(T, val log-loss): the bounded log-T search, or T = 0 (hard) when that is better."""
-        hard = log_loss(soft_assign(D2, 0.0) @ rates, Yv)
-        res = minimize_scalar(lambda t: log_loss(soft_assign(D2, float(np.exp(t))) @ rates, Yv),
-                              method="bounded", bounds=LOG_T_BOUNDS, options={"xatol": 1e-3})
-        return (float(np.exp(res.x)), float(res.fun)) if res.fun < hard else (0.0, hard)
+        return fit_temperature(soft_assign, D2, rates, Yv, LOG_T_BOUNDS)
 
     def fit(
         self,

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
@@ -43,7 +42,7 @@ from kronaxis_lab.export.runtimes import BundleError, BundleRuntime
 
 from .base import Classifier, ClassifierInputError, as_queries, check_fit_inputs, to_plain
 from .calibration import log_loss
-from .cluster_prior import ClusterPriorRouter, cluster_rates
+from .cluster_prior import ClusterPriorRouter, cluster_rates, fit_temperature
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +139,7 @@ class TaskPriorRouter(Classifier):
         return lr.coef_, lr.intercept_
 
     def _fit_temperature(self, logits: np.ndarray, rates: np.ndarray, Yv: np.ndarray) -> tuple[float, float]:
-        """(T, val log-loss): the bounded log-T search, or T = 0 (hard) when that is better."""
-        hard = log_loss(task_weights(logits, 0.0) @ rates, Yv)
-        res = minimize_scalar(lambda t: log_loss(task_weights(logits, float(np.exp(t))) @ rates, Yv),
-                              method="bounded", bounds=LOG_T_BOUNDS, options={"xatol": 1e-3})
-        return (float(np.exp(res.x)), float(res.fun)) if res.fun < hard else (0.0, hard)
+        return fit_temperature(task_weights, logits, rates, Yv, LOG_T_BOUNDS)
 
     def fit(
         self,
