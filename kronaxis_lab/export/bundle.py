@@ -175,6 +175,12 @@ class Bundle:
             raise BundleError(f"{self.dir}: unknown ONNX variant '{v}' (this bundle has {self.variants})")
         return v
 
+    @property
+    def counts_from_classifier(self) -> bool:
+        """Whether the counts of `predict_with_counts` are the cost model's prompt tokens (its counter is the
+        classifier's own tokenizer), so `decide(..., input_tokens=counts)` needs no second tokenizer pass."""
+        return self.cost_counter is self.classifier.tokenizer
+
     def predict_with_counts(self, texts: Sequence[str] | str,
                             variant: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(P̂ in `model_names` order, the classifier tokenizer's prompt-token counts or None) in one pass."""
@@ -243,7 +249,7 @@ class Bundle:
         tokenizer pass gives both the model inputs and the token counts of the cost model)."""
         texts = check_texts(texts)
         P, counts = self.predict_with_counts(texts, variant)
-        if counts is None or self.cost_counter is not self.classifier.tokenizer:
+        if counts is None or not self.counts_from_classifier:
             counts = self.count_tokens(texts)
         return self.decide(P, texts, tasks=tasks, input_tokens=counts), P
 

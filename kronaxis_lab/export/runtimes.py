@@ -19,7 +19,9 @@ a bundle executes no code from it.
 | FallbackClassifier                      | FallbackRuntime           | primary/, fallback/ (member runtimes)        |
 | EnsembleRouter                          | StackedEnsembleRuntime    | <member>/ …, combiner.npz                    |
 | ClusterPriorRouter                      | ClusterPriorRuntime       | encoder/ or vectorizer.json, clusters.npz    |
-| TaskPriorRouter                         | TaskPriorRuntime (in classifiers/task_prior.py) | vectorizer.json, task_prior.npz |
+| TaskPriorRouter (classifiers/task_prior.py) | TaskPriorRuntime (same module) | vectorizer.json, task_prior.npz      |
+
+¹ defined beside its classifier, in kronaxis_lab/classifiers/task_prior.py.
 
 A classifier joins with one public method, `export_runtime(directory, **graph_options) -> dict`: write its
 learned state into `directory` (see `kronaxis_lab.export.formats` for the shared pieces) and return its
@@ -127,6 +129,9 @@ class BundleTokenizer:
             self._tok.enable_truncation(self.max_length, direction=self.truncation_side)
             self._tok.enable_padding(direction="right", pad_id=self.pad_id, pad_type_id=self.pad_type_id,
                                      pad_token=self.pad_token or "[PAD]")
+            self._tok_ragged = Tokenizer.from_file(str(tj))  # truncation without padding: `tokenize`
+            self._tok_ragged.enable_truncation(self.max_length, direction=self.truncation_side)
+            self._tok_ragged.no_padding()
             self._counter = Tokenizer.from_file(str(tj))
             self._counter.no_truncation()
             self._counter.no_padding()
@@ -154,23 +159,49 @@ class BundleTokenizer:
     def encode_with_counts(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """`encode`, plus each text's full token count (as `count`) read off the same pass: the truncated
         part is kept by the tokenizer as overflowing encodings; special tokens are not counted."""
+        encs, _, counts = self.tokenize(texts)
+        return self.pad(encs), counts
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """One unpadded (truncated) pass over `texts`: (per-text encodings for `pad`, tokens each text feeds the
+        graph (special tokens included, ≤ max_length), full token count per text as `count` gives it)."""
         texts = list(texts)
         if self._hf is not None:
-            enc = self._hf(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
-            return {k: np.asarray(enc[k], dtype=np.int64) for k in self.input_names}, self.count(texts)
-        encs = self._tok.encode_batch(texts)
-        out = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64)}
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        if "attention_mask" in self.input_names:
-            out["attention_mask"] = mask
-        if "token_type_ids" in self.input_names:
-            out["token_type_ids"] = np.array([e.type_ids for e in encs], dtype=np.int64)
-        special = np.array([e.special_tokens_mask for e in encs], dtype=np.int64)
-        counts = (mask * (1 - special)).sum(axis=1)
+            enc = self._hf(texts, truncation=True, max_length=self.max_length, padding=False)
+            encs = [{k: enc[k][i] for k in self.input_names} for i in range(len(texts))]
+            lengths = np.array([len(e["input_ids"]) for e in encs], dtype=np.int64)
+            return encs, lengths, self.count(texts)
+        encs = self._tok_ragged.encode_batch(texts)
+        lengths = np.array([len(e.ids) for e in encs], dtype=np.int64)
+        counts = np.array([len(e.ids) - sum(e.special_tokens_mask) for e in encs], dtype=np.int64)
         for i, e in enumerate(encs):
             for o in e.overflowing:
                 counts[i] += sum(a and not sp for a, sp in zip(o.attention_mask, o.special_tokens_mask))
-        return out, counts
+        return encs, lengths, counts
+
+    def pad(self, encs: Sequence[Any]) -> dict[str, np.ndarray]:
+        """int64 arrays (n, longest of `encs`) for each ONNX input name, padded on the right as the HF call
+        `padding=True` pads (pad_id, attention 0, pad_type_id)."""
+        if self._hf is not None:
+            enc = self._hf.pad({k: [e[k] for e in encs] for k in self.input_names}, padding=True, return_tensors="np")
+            return {k: np.asarray(enc[k], dtype=np.int64) for k in self.input_names}
+        width = max((len(e.ids) for e in encs), default=0)
+        ids = np.full((len(encs), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        types = np.full((len(encs), width), self.pad_type_id, dtype=np.int64) \
+            if "token_type_ids" in self.input_names else None
+        for i, e in enumerate(encs):
+            n = len(e.ids)
+            ids[i, :n] = e.ids
+            mask[i, :n] = e.attention_mask
+            if types is not None:
+                types[i, :n] = e.type_ids
+        out = {"input_ids": ids}
+        if "attention_mask" in self.input_names:
+            out["attention_mask"] = mask
+        if types is not None:
+            out["token_type_ids"] = types
+        return out
 
     def count(self, texts: Sequence[str]) -> np.ndarray:
         """Tokens per text: no special tokens, no truncation (the cost model's n_i)."""
@@ -186,7 +217,7 @@ class BundleTokenizer:
 
 class OnnxGraph:
     """One graph node's onnxruntime sessions (one per variant, created on first use) and its tokenizer;
-    `run` feeds length-sorted batches of `options.batch_size` texts."""
+    `run` feeds length-sorted runs of at most `options.batch_size` texts with bounded padding."""
 
     def __init__(self, directory: Path, node: Mapping[str, Any], options: RuntimeOptions, where: str,
                  width: int | None = None):
@@ -238,9 +269,33 @@ class OnnxGraph:
         log.info("onnxruntime session %s (%s) ready", path.name, ", ".join(sess.get_providers()))
         return sess
 
+    #: a run of length-sorted texts grows while its padded size (count × longest) stays within this factor
+    #: of the tokens it really holds (bounded padding waste), and up to `options.batch_size` texts
+    PAD_SLACK: ClassVar[float] = 1.25
+    #: texts tokenized (and sorted) per pass: bounds the encodings held at once on very large inputs
+    CHUNK: ClassVar[int] = 4096
+
+    @classmethod
+    def plan_runs(cls, lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+        """Indices of `lengths` grouped into ONNX runs: sorted by length, a new run starts when the next text
+        would push count × max length above `PAD_SLACK` × the run's true tokens, or past `batch_size` texts."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
+        runs, start, total = [], 0, 0
+        for pos, i in enumerate(order):
+            size, longest = pos - start + 1, int(lengths[i])  # ascending: the new text is the run's longest
+            if size > 1 and (size > batch_size or size * longest > cls.PAD_SLACK * (total + longest)):
+                runs.append(order[start:pos])
+                start, total = pos, 0
+            total += longest
+        if len(order):
+            runs.append(order[start:])
+        return runs
+
     def run(self, texts: list[str], variant: str, reduce, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (n, width) float32, full token count per text): `reduce(output, feed)` turns one batch's graph
-        output into its (b, width) rows."""
+        """(rows (n, width) float32 in input order, full token count per text): one tokenizer pass per
+        `CHUNK` texts, then length-sorted ONNX runs of at most `options.batch_size` texts with bounded padding
+        (`plan_runs`); `reduce(output, feed)` turns one run's graph output into its (b, width) rows."""
         out = np.zeros((len(texts), width), dtype=np.float32)
         counts = np.zeros(len(texts), dtype=np.int64)
         if not texts:
@@ -248,15 +303,18 @@ class OnnxGraph:
         sess = self.session(variant)
         output_name = sess.get_outputs()[0].name
         bs = max(1, int(self.options.batch_size))
-        many = len(texts) > bs
-        order = np.argsort([len(t) for t in texts], kind="stable") if many else np.arange(len(texts))
-        starts = range(0, len(texts), bs)
-        if self.options.show_progress and len(starts) >= 10:
-            starts = tqdm(starts, desc=f"onnx {variant}")
-        for s in starts:
-            idx = order[s:s + bs]
-            feed, counts[idx] = self.tokenizer.encode_with_counts([texts[i] for i in idx])
-            out[idx] = reduce(sess.run([output_name], feed)[0], feed)
+        bar = None
+        if self.options.show_progress and len(texts) >= 10 * bs:
+            bar = tqdm(total=len(texts), desc=f"onnx {variant}")
+        for c in range(0, len(texts), self.CHUNK):
+            encs, lengths, counts[c:c + self.CHUNK] = self.tokenizer.tokenize(texts[c:c + self.CHUNK])
+            for idx in self.plan_runs(lengths, bs):
+                feed = self.tokenizer.pad([encs[i] for i in idx])
+                out[c + idx] = reduce(sess.run([output_name], feed)[0], feed)
+                if bar is not None:
+                    bar.update(len(idx))
+        if bar is not None:
+            bar.close()
         return out, counts
 
 

