@@ -150,7 +150,7 @@ def test_replay_real_llmrouter(shared_data, tmp_path):
     m = run(cfg)["metrics"]
     best_single = max(v["accuracy"] for k, v in m.items() if k.startswith("always:"))
     assert m["oracle"]["accuracy"] > best_single
-    assert m["task-prior+wtp"]["aiq"] > m["random"]["aiq"]
+    assert m["task-prior+wtp (uses task label)"]["aiq"] > m["random"]["aiq"]
 
 
 def test_wtp_small_batch_fast_path_matches_envelope():

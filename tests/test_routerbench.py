@@ -136,7 +136,7 @@ def test_compare_on_a_routerbench_directory_names_a_winner(tmp_path):
     assert [row["label"] for row in trained] == ["tfidf_logreg", "rules", "ens"]
     best = max(trained, key=lambda row: row["val_aiq"])
     assert w["label"] == best["label"] and w["val_aiq"] == best["val_aiq"] and w["test_aiq"] == best["aiq"]
-    assert w["policy"] in ("wtp", "threshold") and w["label"] != "task-prior+wtp"
+    assert w["policy"] in ("wtp", "threshold") and w["label"] != "task-prior+wtp (uses task label)"
     assert (tmp_path / "routerbench/train" / w["label"] / "classifier/classifier.json").is_file()
     assert w["classifier_dir"] == str(tmp_path / "routerbench/train" / w["label"] / "classifier")
     assert w["export_command"] == f"kronaxis-export run_dir={w['classifier_dir']} policy={w['policy']}"

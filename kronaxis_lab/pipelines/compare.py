@@ -43,7 +43,7 @@ from kronaxis_lab.tracking import tracked
 log = logging.getLogger("kronaxis_lab.compare")
 
 #: reference routers shown next to the trained ones (when the replay has them)
-REFERENCES = ("oracle", "random", "task-prior+wtp")
+REFERENCES = ("oracle", "random", "task-prior+wtp (uses task label)")
 #: written beside each trained classifier: the kronaxis-train overrides it was trained with (for `resume`)
 SPEC_FILE = "compare_spec.json"
 COLUMNS = ["router", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
