@@ -295,7 +295,10 @@ def test_export_accepts_a_compare_output_and_exports_its_winner(tfidf_run, work,
     rows = [{"router": "tfidf (threshold)", "entry": "TfidfLogRegRouter[tfidf]+threshold", "label": "tfidf",
              "val_aiq": 0.7},
             {"router": "other (wtp)", "entry": "TfidfLogRegRouter[other]+wtp", "label": "other", "val_aiq": 0.6},
-            {"router": "oracle", "entry": "oracle", "val_aiq": 0.9}]  # a reference row: never the winner
+            # reference rows carry a label too (as kronaxis-compare writes them): never the winner
+            {"router": "oracle", "entry": "oracle", "label": "oracle", "val_aiq": 0.9},
+            {"router": "task-prior+wtp (uses task label)", "entry": "task-prior+wtp (uses task label)",
+             "label": "task-prior+wtp (uses task label)", "val_aiq": 0.8}]
     (comp / "comparison.json").write_text(json.dumps({"datasets": [{"dataset": "export_all", "rows": rows}]}))
     replay_val = comp / "export_all" / "replay_val"
     replay_val.mkdir(parents=True)
@@ -307,6 +310,14 @@ def test_export_accepts_a_compare_output_and_exports_its_winner(tfidf_run, work,
     assert meta["source"]["classifier_dir"] == str(Path(ident["classifier_dir"]).resolve())
     with pytest.raises(ValueError, match="no dataset 'nope'"):
         export(comp, tmp_path / "out2", "compare.dataset=nope")
+    # with compare's own `winner` entry (what kronaxis-compare writes), that choice is exported, as printed
+    other = {"label": "other", "entry": rows[1]["entry"], "policy": "wtp", "val_aiq": 0.6,
+             "classifier_dir": str(comp / "export_all" / "train" / "other" / "classifier")}
+    (comp / "comparison.json").write_text(json.dumps({"datasets": [{"dataset": "export_all", "rows": rows,
+                                                                    "winner": other}]}))
+    meta = json.loads((export(comp, tmp_path / "out3") / "router.json").read_text())
+    assert meta["policy"]["name"] == "wtp"
+    assert meta["source"]["classifier_dir"] == str(Path(other["classifier_dir"]).resolve())
 
 
 # -- a bundle names data, never code -------------------------------------------------------------------------------

@@ -52,10 +52,18 @@ def compare_winner(compare_dir: Path, dataset: str | None = None) -> dict[str, A
     name = str(dataset) if dataset is not None else next(iter(sections))
     if name not in sections:
         raise ValueError(f"{compare_dir} has no dataset {name!r} (it has {sorted(sections)})")
-    rows = [r for r in sections[name].get("rows", []) if r.get("label")]
-    if not rows:
-        raise ValueError(f"{compare_dir / COMPARISON_FILE}: no trained classifier in the {name} section")
-    best = max(rows, key=lambda r: float("-inf") if r.get("val_aiq") is None else float(r["val_aiq"]))
+    win = sections[name].get("winner")
+    if win and win.get("label"):  # the choice kronaxis-compare made and printed: the one source
+        best = {"label": win["label"], "entry": win.get("entry"), "val_aiq": win.get("val_aiq")}
+        if win.get("classifier_dir") and Path(win["classifier_dir"]).is_dir():
+            return {"classifier_dir": Path(win["classifier_dir"]), "policy": win.get("policy"),
+                    "label": win["label"], "dataset": name, "val_aiq": win.get("val_aiq")}
+    else:  # no winner entry: the trained rows (their entry names a classifier, `Class[label]+policy`; a
+        # reference router's entry is its own label) with the highest val AIQ
+        rows = [r for r in sections[name].get("rows", []) if r.get("label") and r.get("entry") != r["label"]]
+        if not rows:
+            raise ValueError(f"{compare_dir / COMPARISON_FILE}: no trained classifier in the {name} section")
+        best = max(rows, key=lambda r: float("-inf") if r.get("val_aiq") is None else float(r["val_aiq"]))
     identity: dict[str, Any] = {}
     for sub in ("replay_val", "replay"):
         path = compare_dir / name / sub / "metrics.json"
