@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 
 from kronaxis_lab.export.formats import save_arrays, save_tfidf_vectorizer
 
-from .base import Classifier, as_queries, check_fit_inputs, to_plain
+from .base import Classifier, as_queries, check_fit_inputs
 from .calibration import log_loss
 from .embedding import Embedder, UsesEmbedder
+from .tfidf import tfidf_vectorizer
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,8 @@ class ClusterPriorRouter(UsesEmbedder, Classifier):
         if self.features == "embedding":
             return
         from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import TfidfVectorizer
 
-        kw = to_plain(self.tfidf) or {}
-        if "ngram_range" in kw:  # YAML gives a list, sklearn wants a tuple
-            kw["ngram_range"] = tuple(kw["ngram_range"])
-        self.vectorizer_ = TfidfVectorizer(**kw).fit(queries)
+        self.vectorizer_ = tfidf_vectorizer(self.tfidf).fit(queries)
         n_terms = len(self.vectorizer_.vocabulary_)
         dim = min(int(self.svd_components), n_terms - 1) if self.svd_components else 0
         X = self.vectorizer_.transform(queries)

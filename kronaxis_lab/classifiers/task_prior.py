@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 from kronaxis_lab.export.formats import load_tfidf_vectorizer, save_arrays, save_tfidf_vectorizer
 from kronaxis_lab.export.runtimes import BundleError, BundleRuntime
 
-from .base import Classifier, ClassifierInputError, as_queries, check_fit_inputs, to_plain
+from .base import Classifier, ClassifierInputError, as_queries, check_fit_inputs
 from .calibration import log_loss
 from .cluster_prior import ClusterPriorRouter, cluster_rates, fit_temperature
+from .tfidf import tfidf_vectorizer
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,7 @@ class TaskPriorRouter(Classifier):
 
     # -- fit --------------------------------------------------------------------------------------
     def _vectorizer(self):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        kw = to_plain(self.tfidf) or {}
-        if "ngram_range" in kw:  # YAML gives a list, sklearn wants a tuple
-            kw["ngram_range"] = tuple(kw["ngram_range"])
-        return TfidfVectorizer(**kw)
+        return tfidf_vectorizer(self.tfidf)
 
     def _fit_task_model(self, X, idx: np.ndarray, n_tasks: int, C: float) -> tuple[np.ndarray, np.ndarray]:
         """(coef (K, d), intercept (K,)) of the multinomial regression; K = 1: zeros (p = 1)."""

@@ -25,6 +25,16 @@ from .base import Classifier, as_queries, check_fit_inputs, to_plain
 STATE_FILE = "tfidf_logreg.joblib"
 
 
+def tfidf_vectorizer(config: Mapping[str, Any] | None):
+    """An unfitted sklearn TfidfVectorizer from a config node (YAML lists → the tuples sklearn wants)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    kw = to_plain(config) or {}
+    if "ngram_range" in kw:
+        kw["ngram_range"] = tuple(kw["ngram_range"])
+    return TfidfVectorizer(**kw)
+
+
 class TfidfLogRegRouter(Classifier):
     def __init__(
         self,
@@ -45,12 +55,7 @@ class TfidfLogRegRouter(Classifier):
         self.show_progress = show_progress
 
     def _vectorizer(self):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        kw = to_plain(self.tfidf) or {}
-        if "ngram_range" in kw:  # YAML gives a list, sklearn wants a tuple
-            kw["ngram_range"] = tuple(kw["ngram_range"])
-        return TfidfVectorizer(**kw)
+        return tfidf_vectorizer(self.tfidf)
 
     def fit(
         self,
