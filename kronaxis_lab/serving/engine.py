@@ -239,9 +239,6 @@ class RoutingEngine:
         own = dict(bundle.meta.get("policy") or {}).get("config")
         self.policy_configs = {**dict(policies or {}), self.policy_name: own}
         self._policies: dict[str, Policy] = {}
-        # one tokenizer pass for P̂ and the cost model's prompt tokens (bundles that expose them: `Bundle`)
-        self.counts_from_classifier = bool(getattr(bundle, "counts_from_classifier", False)) and \
-            hasattr(bundle, "predict_with_counts")
         self._stickiness_factory = stickiness_factory
         self._guards: dict[str, StickinessGuard] = {}
         b = settings.batching
@@ -331,27 +328,20 @@ class RoutingEngine:
         return await self.govern(convs, draft, available)
 
     # -- 1 + 2: classify and policy ----------------------------------------------------------------
-    def classify(self, texts: list[str]) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
-        """(n, m) P̂ for the texts of one micro-batch (runs in the batcher's worker thread); with a bundle whose
-        classifier tokenizer is the cost model's counter, `(P̂, prompt-token counts)` from the same pass
-        (the batcher hands the counts to `choose`)."""
-        if self.counts_from_classifier:
-            return self.bundle.predict_with_counts(texts, self.settings.variant)
+    def classify(self, texts: list[str]) -> np.ndarray:
+        """(n, m) P̂ for the texts of one micro-batch (runs in the batcher's worker thread)."""
         return self.bundle.predict_proba(texts, self.settings.variant)
 
-    def choose(self, P: np.ndarray, texts: Sequence[str], spec: PolicySpec | None,
-               counts: np.ndarray | None = None) -> np.ndarray:
+    def choose(self, P: np.ndarray, texts: Sequence[str], spec: PolicySpec | None) -> np.ndarray:
         """Model index per row of P̂ under the bundle's policy (at its parameter, or the override's) or
-        another configured policy (runs in the batcher's worker thread, once per operating point). `counts`:
-        the rows' prompt tokens as the cost model counts them, when `classify` read them off its pass."""
+        another configured policy (runs in the batcher's worker thread, once per operating point)."""
         texts = list(texts)
-        tok = {} if counts is None else {"input_tokens": counts}
         if spec is None:
-            idx = self.bundle.decide(P, texts, **tok)
+            idx = self.bundle.decide(P, texts)
         elif spec.name == self.policy_name:
-            idx = self.bundle.decide(P, texts, param=spec.param, **tok)
+            idx = self.bundle.decide(P, texts, param=spec.param)
         else:
-            idx = self._policy(spec.name).choose(P, self.bundle.expected_cost(texts, **tok), [spec.param])[0]
+            idx = self._policy(spec.name).choose(P, self.bundle.expected_cost(texts), [spec.param])[0]
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.shape != (P.shape[0],) or (len(idx) and (idx.min() < 0 or idx.max() >= len(self.names))):
             raise RuntimeError(f"policy returned invalid model indices {idx.tolist()} for {P.shape[0]} queries")
