@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from kronaxis_lab.export.card import ModelCard
-from kronaxis_lab.export.exporter import ExportSettings, int8_quality_ok, paired_point_bootstrap
+from kronaxis_lab.export.exporter import ExportSettings, int8_quality_ok
 from kronaxis_lab.export.schema import ExportError
+from kronaxis_lab.routing.replay import paired_point_bootstrap
 from tests.conftest import compose
 
 
