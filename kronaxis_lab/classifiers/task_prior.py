@@ -37,8 +37,8 @@ import numpy as np
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
-from kronaxis_lab.export.formats import load_tfidf_vectorizer, save_arrays, save_tfidf_vectorizer
-from kronaxis_lab.export.runtimes import BundleError, BundleRuntime
+from kronaxis_lab.export.formats import save_arrays, save_tfidf_vectorizer
+from kronaxis_lab.export.runtimes import BundleRuntime
 
 from .base import Classifier, ClassifierInputError, as_queries, check_fit_inputs
 from .calibration import log_loss
@@ -236,10 +236,7 @@ class TaskPriorRuntime(BundleRuntime):
 
     def __init__(self, directory, node, options=None, where="classifier"):
         super().__init__(directory, node, options, where)
-        try:
-            self.vectorizer = load_tfidf_vectorizer(self.path("vectorizer"))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BundleError(f"{self.path('vectorizer')}: cannot rebuild the vectorizer: {e}") from e
+        self.vectorizer = self.tfidf_vectorizer()
         z = self.arrays("weights")
         self.coef, self.intercept, self.rates = z["coef"], z["intercept"], z["rates"]
         self.temperature = float(node.get("temperature", 1.0))

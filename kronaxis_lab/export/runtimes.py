@@ -363,6 +363,13 @@ class BundleRuntime(ABC):
         except (OSError, ValueError) as e:  # a pickled (object) array is a ValueError with allow_pickle=False
             raise BundleError(f"{self.path(key)}: cannot read the arrays: {e}") from e
 
+    def tfidf_vectorizer(self, key: str = "vectorizer"):
+        """The fitted sklearn TfidfVectorizer rebuilt from the JSON file `files[key]` (no pickle)."""
+        try:
+            return load_tfidf_vectorizer(self.path(key))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"{self.path(key)}: cannot rebuild the vectorizer: {e}") from e
+
     def child_node(self, name: str) -> dict[str, Any]:
         nodes = self.node.get("nodes") or {}
         if name not in nodes:
@@ -584,10 +591,7 @@ class TfidfLinearRuntime(BundleRuntime):
 
     def __init__(self, directory, node, options=None, where="classifier"):
         super().__init__(directory, node, options, where)
-        try:
-            self.vectorizer = load_tfidf_vectorizer(self.path("vectorizer"))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BundleError(f"{self.path('vectorizer')}: cannot rebuild the vectorizer: {e}") from e
+        self.vectorizer = self.tfidf_vectorizer()
         z = self.arrays("weights")
         self.coef, self.intercept, self.constant = z["coef"], z["intercept"], z["constant"]
 
@@ -721,7 +725,7 @@ class ClusterPriorRuntime(BundleRuntime):
                                            f"{where}.nodes.encoder")
             self.tokenizer = self.encoder.tokenizer
         elif self.features == "tfidf":
-            self.vectorizer = load_tfidf_vectorizer(self.path("vectorizer"))
+            self.vectorizer = self.tfidf_vectorizer()
         else:
             raise BundleError(f"{where}: features {self.features!r} is not one of embedding, tfidf")
 
