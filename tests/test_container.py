@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from fastapi.testclient import TestClient
 from kronaxis_lab.data.importers.base import Importer
 from kronaxis_lab.pipelines.serve import build_app
 from tests.conftest import ROOT, compose
+from tests.servers.proc import free_port
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as in the image (docker/serve_requirements.py needs it)
 
@@ -285,12 +285,6 @@ def test_router_serves_an_onnx_tier_predictor_without_torch(tmp_path):
 
 
 # -- the exact ENTRYPOINT command line, as the image runs it ----------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def world_executable(path: Path) -> bool:
     """Whether another uid can run `path` (every parent directory traversable, the file executable by others)."""
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])

@@ -4,7 +4,6 @@ bad datasets/configs, and a smoke run of the real transformers backend."""
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,14 +22,9 @@ from kronaxis_lab.local_models import ModelNotFoundError, resolve_model
 from kronaxis_lab.pipelines import label
 from kronaxis_lab.pipelines.common import ConfigKindError
 from tests.conftest import CONFIGS, ROOT, compose
+from tests.servers.proc import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_gsm8k(data_dir: Path, n: int) -> None:

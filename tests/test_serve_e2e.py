@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 
 from kronaxis_lab.export.bundle import load_bundle
 from kronaxis_lab.serving.protocols import RouterBundle
+from tests.servers.proc import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).with_name("kronaxis-serve")
@@ -101,12 +101,6 @@ def build_bundle(work: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Proc:
     """A server subprocess with its log file; stopped with SIGINT (then SIGKILL) on exit."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -14,10 +15,25 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: ports handed out by this process; each pytest-xdist worker draws from its own block below the kernel's
+#: ephemeral range. A port from bind(0) is free only until the socket closes: another worker could be handed the
+#: same one before our server binds it, and our health check would then reach *its* server.
+_PORT_BLOCK = 2500
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    base = 20000 + (int(worker) % 4 if worker.isdigit() else 0) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {base}–{base + _PORT_BLOCK - 1}")
 
 
 class ServerProc:
