@@ -31,7 +31,7 @@ Each function's docstring says exactly which behaviour it reproduces and where i
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -157,13 +157,15 @@ def summarize_choice(
     costs: np.ndarray,
     correct: np.ndarray,
     premium_idx: int,
+    extra_cost: np.ndarray | None = None,
 ) -> dict:
     """Summarise one router result: which model each query went to, read against the outcome tables.
 
     With ``i = 0..n-1`` the queries and ``j_i = choice[i]``:
 
     * ``accuracy = (1/n) Σ_i scores[i, j_i]``
-    * ``cost_usd = Σ_i costs[i, j_i]``;  ``cost_per_query = cost_usd / n``
+    * ``cost_usd = Σ_i costs[i, j_i] + Σ_i extra_cost[i]``;  ``cost_per_query = cost_usd / n`` — ``extra_cost``
+      (n,) is what a multi-call router (a cascade) spent on the calls whose answer it did not return
     * ``n_correct = Σ_i correct[i, j_i]``;  ``cpao = cost_usd / n_correct`` (see :func:`cpao`)
     * ``premium_share = (1/n) #{i : j_i = premium_idx}``
     * ``savings_vs_premium = 1 − cost_usd / Σ_i costs[i, premium_idx]``
@@ -194,7 +196,7 @@ def summarize_choice(
             r = int(bad[0])
             raise ValueError(f"{name}[row {r}, model {int(ch[r])}] is {vals[r]} but the router chose it")
 
-    cost = float(chosen_c.sum())
+    cost = float(chosen_c.sum()) + _extra_total(extra_cost, (n,))
     n_correct = float(chosen_k.sum())
     premium_total = float(c[:, p].sum())
     mix = np.bincount(ch, minlength=m) / n
@@ -210,14 +212,30 @@ def summarize_choice(
     }
 
 
-def choices_metrics_batch(choices: np.ndarray, scores, costs, correct) -> tuple[np.ndarray, np.ndarray]:
+def _extra_total(extra_cost: np.ndarray | None, shape: tuple[int, ...]) -> Any:
+    """Σ over queries of a multi-call router's extra $ ((n,) → float, (k, n) → (k,)); 0 without one."""
+    if extra_cost is None:
+        return 0.0 if len(shape) == 1 else np.zeros(shape[0])
+    e = np.asarray(extra_cost, dtype=np.float64)
+    if e.shape != shape:
+        raise ValueError(f"extra_cost has shape {e.shape}; expected {shape}, the shape of the choices")
+    if not np.isfinite(e).all() or (e < 0).any():
+        raise ValueError("extra_cost must be finite and ≥ 0 (the recorded $ of calls a router made)")
+    return float(e.sum()) if len(shape) == 1 else e.sum(axis=1)
+
+
+def choices_metrics_batch(choices: np.ndarray, scores, costs, correct,
+                          extra_cost: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Total cost and accuracy of ``k`` operating points of one router at once (the replay hot path).
 
     ``choices`` is ``(k, n)``: row ``r`` is the model index per query at operating point ``r`` (a 1-D
     ``(n,)`` array is read as ``k = 1``). Returns ``(total_cost, accuracy)``, both ``(k,)`` float64::
 
-        total_cost[r] = Σ_i costs[i, choices[r, i]]
+        total_cost[r] = Σ_i costs[i, choices[r, i]] + Σ_i extra_cost[r, i]
         accuracy[r]   = (1/n) Σ_i scores[i, choices[r, i]]
+
+    ``extra_cost`` (k, n), optional: the $ a multi-call router (a cascade) spent on calls whose answer it
+    did not return, so every call made is charged.
 
     Implementation: one flat gather ``table.ravel()[i*m + choices[r, i]]`` per block of rows, where a
     block holds ~2^20 cells, so a large sweep never materialises a (k, n) index or value array (10^8
@@ -261,7 +279,7 @@ def choices_metrics_batch(choices: np.ndarray, scores, costs, correct) -> tuple[
             raise ValueError(
                 f"{name}[row {i}, model {int(ch[r, i])}] is {vals[i]} but operating point {r} chose it"
             )
-    return total_cost, score_sum / n
+    return total_cost + _extra_total(extra_cost, (k, n)), score_sum / n
 
 
 # --------------------------------------------------------------------------------------------------

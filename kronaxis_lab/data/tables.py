@@ -156,6 +156,9 @@ class Matrices:
     costs: np.ndarray  # (n, m) float USD
     input_tokens: np.ndarray  # (n, m)
     output_tokens: np.ndarray  # (n, m)
+    # (n, m) recorded response texts (object; None where a cell has none), or None when the outcome table
+    # records no response at all: what a multi-call router (a cascade) reads after making the call
+    responses: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -214,7 +217,14 @@ class RoutingDataset:
             costs=arr("cost_usd", float),
             input_tokens=arr("input_tokens", float),
             output_tokens=arr("output_tokens", float),
+            responses=self._responses(sub, q),
         )
+
+    def _responses(self, sub: RoutingDataset, q: pd.DataFrame) -> np.ndarray | None:
+        if "response" not in sub.outcomes.columns or not sub.outcomes["response"].notna().any():
+            return None
+        w = sub.wide("response", q).to_numpy(dtype=object)
+        return np.where(pd.isna(w), None, w)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.queries[self.queries["split"] == name]

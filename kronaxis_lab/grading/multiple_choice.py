@@ -102,7 +102,7 @@ def _default_labels(k: int, letters: Sequence[str]) -> list[str]:
     return list(letters) + [c for c in string.ascii_uppercase if c not in letters][: k - len(letters)]
 
 
-def _texts_from_query(query: str, labels: Sequence[str]) -> list[str] | None:
+def texts_from_query(query: str, labels: Sequence[str]) -> list[str] | None:
     """Choice texts aligned with `labels` ("" where a label's line is absent), if the query lists >= 2."""
     found = {m.group(1): m.group(2) for m in _QUERY_CHOICE_RE.finditer(query) if m.group(1) in labels}
     return [found.get(lab, "") for lab in labels] if len(found) >= 2 else None
@@ -188,7 +188,7 @@ class MultipleChoiceGrader(Grader):
                 raise GradingInputError(f"row {i}: gold is missing")
             labels, texts = _as_label_and_texts(row_choices, self.letters)
             if texts is None and self.parse_query_choices and queries is not None and isinstance(queries[i], str):
-                texts = _texts_from_query(queries[i], labels)
+                texts = texts_from_query(queries[i], labels)
             gold_letter = _gold_letter(gold, labels, texts, i)
             pats = cache.setdefault(tuple(labels), _Patterns(labels))
             letter, amb = extract_choice(as_text(responses[i]), labels, texts, pats)

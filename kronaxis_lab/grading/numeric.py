@@ -98,6 +98,16 @@ def _from_fragment(fragment: str) -> float | None:
 
 def extract_answer(text: str) -> float | None:
     """The response's final numeric answer (see module docstring for the order), or None."""
+    value = marked_answer(text)
+    if value is not None:
+        return value
+    nums = _numbers(text)
+    return nums[-1] if nums else None
+
+
+def marked_answer(text: str) -> float | None:
+    """The final numeric answer only where the response marks one (``####``, ``\\boxed``, "the answer is"),
+    else None: the answer-format check a cascade applies before it trusts a cheap model's reply."""
     hashes = _HASH_RE.findall(text)
     for frag in reversed(hashes):
         value = _from_fragment(frag)
@@ -112,8 +122,7 @@ def extract_answer(text: str) -> float | None:
         nums = _numbers(text[m.end(): m.end() + 40].split("\n", 1)[0])
         if nums:
             return nums[0]
-    nums = _numbers(text)
-    return nums[-1] if nums else None
+    return None
 
 
 def parse_gold(gold: Any) -> float | None:

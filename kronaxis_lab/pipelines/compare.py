@@ -12,7 +12,8 @@ Per dataset: `kronaxis-train` each classifier on the train split (val drives ear
 `kronaxis-replay` of the **val** split to choose each classifier's policy (highest val AIQ) and one of the
 **test** split whose numbers are reported, so nothing is tuned on test. The **winner** is the trained
 classifier (under its val-chosen policy) with the highest val AIQ, ties to the first listed; the reference
-routers never win (the task prior reads labels production lacks, oracle reads outcomes). It is printed first,
+routers never win (the task prior reads labels production lacks, oracle reads outcomes), nor do cascades (rows of
+kind `cascade`, replayed where the outcome table records responses; they are not exported yet). It is printed first,
 and comparison.json holds it per dataset: `winner: {label, classifier, classifier_dir, policy, val_aiq,
 test_aiq, export_command}` (`kronaxis-export run_dir=<classifier_dir> policy=<policy>`). Writes
 `<out>/<dataset>/train/<label>/`, `<out>/<dataset>/replay{,_val}/` (metrics.json with dataset_info, report.md,
@@ -160,6 +161,9 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
         if ref in m:
             rows.append(_row(ref, m[ref], entry=ref, label=ref, kind="reference", val_aiq=mv.get(ref, {}).get("aiq")))
+    for name, entry in m.items():  # multi-call routers (kronaxis_lab/routing/cascades.py), where the data has responses
+        if entry.get("family") == "cascade":
+            rows.append(_row(name, entry, entry=name, label=name, kind="cascade", val_aiq=mv.get(name, {}).get("aiq")))
     winner = pick_winner(rows, m)
     log.info("[%s] %s", dataset, winner_line(dataset, winner))
     boot = boot or {}

@@ -49,10 +49,14 @@ class ReplayResult:
         ch = self.choices[router]
         prem = self.ctx.premium_idx
         rows = np.arange(t.n)
+        rr = self.results.get(router)
+        extra = 0.0
+        if rr is not None and rr.extra_cost is not None:
+            extra = rr.extra_cost[self.routers[router].get("operating_point", {}).get("index", 0)]
         df = pd.DataFrame({
             "group": t.queries[by].fillna("unknown").to_numpy(),
             "model": np.array(self.model_names, dtype=object)[ch],
-            "score": t.scores[rows, ch], "cost": t.costs[rows, ch],
+            "score": t.scores[rows, ch], "cost": t.costs[rows, ch] + extra,
             "p_score": t.scores[:, prem], "p_cost": t.costs[:, prem],
         })
         out = []
@@ -105,7 +109,7 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
 
     curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for name, rr in results.items():
-        cost_k, acc_k = M.choices_metrics_batch(rr.choices, test.scores, test.costs, test.correct)
+        cost_k, acc_k = M.choices_metrics_batch(rr.choices, test.scores, test.costs, test.correct, rr.extra_cost)
         share_k = (rr.choices == prem).mean(axis=1)
         curves[name] = (np.asarray(cost_k, float), np.asarray(acc_k, float), share_k)
     cmin, cmax = M.routerbench_cost_range([(c, a) for c, a, _ in curves.values()])
@@ -125,7 +129,8 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
         i = op_index(name)
         ch = rr.choices[i]
         chosen[name] = ch
-        point = M.summarize_choice(ch, test.scores, test.costs, test.correct, prem)
+        point = M.summarize_choice(ch, test.scores, test.costs, test.correct, prem,
+                                   None if rr.extra_cost is None else rr.extra_cost[i])
         summary = M.router_summary(cost_k, acc_k, share_k, cost_min=cmin, cost_max=cmax,
                                    premium_cost=premium_cost, premium_quality=premium_acc, n_queries=test.n,
                                    weak_quality=weak_q, strong_quality=strong_q)
@@ -156,6 +161,10 @@ def replay_matrices(test: Matrices, fleet: Fleet, routers: Mapping[str, Router] 
 
 
 
+def _extra(rr: RouteResult, idx: np.ndarray) -> np.ndarray | None:
+    return None if rr.extra_cost is None else rr.extra_cost[:, idx]
+
+
 def paired_bootstrap(result: ReplayResult, a: str, others: Sequence[str], n_boot: int = 500, seed: int = 0,
                      ci: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
     """Paired bootstrap over the replayed queries of the differences a − b (b in `others`) in AIQ and in
@@ -177,7 +186,8 @@ def paired_bootstrap(result: ReplayResult, a: str, others: Sequence[str], n_boot
 
     def stats(idx: np.ndarray) -> np.ndarray:  # (len(wanted), 2): AIQ, savings per wanted router
         s, c, k = test.scores[idx], test.costs[idx], test.correct[idx]
-        curves = {n: M.choices_metrics_batch(result.results[n].choices[:, idx], s, c, k) for n in names}
+        curves = {n: M.choices_metrics_batch(result.results[n].choices[:, idx], s, c, k, _extra(result.results[n], idx))
+                  for n in names}
         _, cmax = M.routerbench_cost_range(list(curves.values()))
         p_cost, target = float(c[:, prem].sum()), PREMIUM_ACCURACY_SHARE * float(s[:, prem].mean())
         out = np.full((len(wanted), 2), np.nan)

@@ -78,6 +78,9 @@ class RouteResult:
     predictions: np.ndarray | None = None  # (n, m) P̂ used, when there is one
     info: dict[str, Any] = field(default_factory=dict)
     headline: int | None = None  # operating point to summarise (None: the replay's default rule)
+    # (k, n) recorded $ of the calls a multi-call router (a cascade) made besides the one whose answer it
+    # returned; the replay charges them (None: one call per query)
+    extra_cost: np.ndarray | None = None
 
     @property
     def is_sweep(self) -> bool:
