@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kronaxis_lab.classifiers.base import load_classifier
+from kronaxis_lab.classifiers.calibration import log_loss
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.routing.calibration import calibrate_router
@@ -211,6 +212,38 @@ class PriorPredictor(Predictor):
         table = pd.DataFrame(rate, index=sums.index)
         out = table.reindex(mats.queries[self.by].to_numpy()).to_numpy()
         return np.where(np.isnan(out), overall[None, :], out)
+
+
+class MetadataBlendPredictor(Predictor):
+    """Text + metadata: a text predictor's P̂ blended with the per-tag success rates of the request's metadata tag
+    (the queries table's `by` column standing in for an OpenAI `metadata` tag a deployment's clients send):
+    logit P = w · logit P̂_text + (1 − w) · logit P̂_tag, with w picked on val by log-loss (w = 1: the tag adds
+    nothing). A "text + metadata" router: only for deployments whose requests carry the tag."""
+
+    def __init__(self, base: Predictor, by: str = "task", smoothing: float = 10.0,
+                 weights: Sequence[float] = tuple(np.linspace(0, 1, 11))):
+        self.base, self.tag = base, PriorPredictor(by=by, smoothing=smoothing)
+        self.weights = [float(w) for w in weights]
+        self.weight: float | None = None
+
+    @staticmethod
+    def _blend(P: np.ndarray, T: np.ndarray, w: float) -> np.ndarray:
+        eps = 1e-6
+        lp, lt = (np.log(np.clip(x, eps, 1 - eps)) - np.log1p(-np.clip(x, eps, 1 - eps)) for x in (P, T))
+        return 1 / (1 + np.exp(-(w * lp + (1 - w) * lt)))
+
+    def fit_weight(self, ctx: ReplayContext) -> float:
+        if ctx.val is None or ctx.val.n == 0:
+            raise ValueError("MetadataBlendPredictor picks its weight on val, and this replay has no val split")
+        P, T = self.base.predict(ctx, ctx.val), self.tag.predict(ctx, ctx.val)
+        losses = [log_loss(self._blend(P, T, w), ctx.val.scores) for w in self.weights]
+        self.weight = self.weights[int(np.argmin(losses))]
+        return self.weight
+
+    def predict(self, ctx, mats=None):
+        mats = ctx.test if mats is None else mats
+        w = self.fit_weight(ctx) if self.weight is None else self.weight
+        return self._blend(self.base.predict(ctx, mats), self.tag.predict(ctx, mats), w)
 
 
 class PolicyRouter(Router):
