@@ -47,7 +47,7 @@ log = logging.getLogger("kronaxis_lab.compare")
 REFERENCES = ("oracle", "random", "task-prior+wtp (uses task label)")
 #: written beside each trained classifier: the kronaxis-train overrides it was trained with (for `resume`)
 SPEC_FILE = "compare_spec.json"
-COLUMNS = ["router", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
+COLUMNS = ["router", "inputs", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
            "val_aiq", "val_mean_auc", "train_s"]
 
 
@@ -92,8 +92,16 @@ def pick_policy_on_val(val_metrics: dict[str, dict[str, Any]], classifier_dir: s
     return max(cands, key=lambda k: cands[k].get("aiq") or 0.0)
 
 
+#: what each kind of row reads when it decides (the table's `inputs` column): only "text" (and "text + responses",
+#: a cascade's own calls) is what every production router sees; a metadata tag only where clients send one
+INPUTS = {"classifier": "text", "metadata": "text + metadata", "cascade": "text + responses", "oracle": "test outcomes",
+          "task-prior+wtp (uses task label)": "task label", "random": "none"}
+
+
 def _row(name: str, r: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"router": name, **{c: r.get(c) for c in COLUMNS[1:6]}, **extra}
+    kind = extra.get("kind")
+    inputs = INPUTS.get(kind) or INPUTS.get(name) or ("none" if name.startswith("always:") else "")
+    return {"router": name, "inputs": inputs, **{c: r.get(c) for c in COLUMNS[2:7]}, **extra}
 
 
 def pick_winner(rows: list[dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -197,8 +205,8 @@ def format_table(rows: list[dict[str, Any]], focus: str | None = None) -> str:
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
     if focus:
         fm = [r.get("focus_minus") or {} for r in rows]
-        df.insert(2, f"{focus} − this: AIQ [95% CI]", [_ci(d.get("aiq")) for d in fm])
-        df.insert(4, f"{focus} − this: savings pts [95% CI]",
+        df.insert(3, f"{focus} − this: AIQ [95% CI]", [_ci(d.get("aiq")) for d in fm])
+        df.insert(5, f"{focus} − this: savings pts [95% CI]",
                   [_ci(d.get("savings_at_95pct_premium"), True) for d in fm])
     df["savings_at_95pct_premium"] = df["savings_at_95pct_premium"].map(
         lambda v: "—" if v is None or pd.isna(v) else f"{v:.1%}")
