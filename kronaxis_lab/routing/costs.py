@@ -29,8 +29,10 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 from scipy import sparse
+from sklearn.feature_extraction import FeatureHasher
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import Ridge
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
@@ -89,11 +91,23 @@ class OutputTokenModel:
         self._smearing = np.asarray(self.smearing, float)
         self._max_tokens = np.asarray(self.max_tokens, float)
         self._vectorizer = self.hashing_vectorizer(self.n_features)
+        # `HashingVectorizer.transform` = hasher over the analyzer's n-grams, then l2 rows: built once here and
+        # run without its per-call validation (half of a batch-1 decision); `hashed` checks it is the same
+        self._analyzer = self._vectorizer.build_analyzer()
+        v = self._vectorizer
+        self._hasher = FeatureHasher(n_features=v.n_features, input_type="string", dtype=v.dtype,
+                                     alternate_sign=v.alternate_sign)
 
     @staticmethod
     def hashing_vectorizer(n_features: int) -> HashingVectorizer:
         """The hashed word 1–2-gram features (stateless: the same settings give the same features)."""
         return HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2")
+
+    def hashed(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        """`hashing_vectorizer(n_features).transform(texts)`, bit for bit (the l2 norm is the vectorizer's)."""
+        X = self._hasher.transform(self._analyzer(t) for t in texts)
+        inplace_csr_row_normalize_l2(X)
+        return X
 
     @staticmethod
     def features(texts: Sequence[str], prompt_tok: np.ndarray, n_features: int) -> sparse.csr_matrix:
@@ -118,7 +132,7 @@ class OutputTokenModel:
         if len(texts) == 0:
             return np.zeros((0, len(self.intercept)))
         # = features(texts, prompt_tok) @ coef.T, with the length column added on its own (no sparse hstack)
-        z = self._vectorizer.transform(list(texts)) @ self._hashed_coef
+        z = self.hashed(texts) @ self._hashed_coef
         z = np.asarray(z) + np.log1p(np.asarray(prompt_tok, float).reshape(-1))[:, None] * self._length_coef
         y = np.expm1(z + self._intercept) * self._smearing
         return np.clip(y, 0, self._max_tokens)

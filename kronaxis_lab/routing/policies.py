@@ -84,7 +84,10 @@ def _argmax_lambda(P: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
         return np.where(P == best, -c, -np.inf).argmax(axis=1)
     u = lam * P - c
     top = u.max(axis=1, keepdims=True)
-    tie = np.isclose(u, top, rtol=0, atol=1e-12 * max(1.0, float(np.abs(top).max())))
+    atol = 1e-12 * max(1.0, float(np.abs(top).max()))
+    # = np.isclose(u, top, rtol=0, atol=atol), written out: isclose's argument checks cost more than this
+    # whole function on a serving-sized row
+    tie = ((np.abs(u - top) <= atol) & np.isfinite(top)) | (u == top)
     key = np.where(tie, -c if lam == 0 else P, -np.inf)
     return key.argmax(axis=1)
 

@@ -463,13 +463,18 @@ class RoutingEngine:
                      available: np.ndarray | None) -> list[Decision]:
         """`GovernancePolicy.guard` over each request's whole forwarded body (every key, string and number,
         values split across fields: `detectors.BodyScanner`); the final decisions."""
-        bodies = [c.full_text if c.body is None else c.body for c in convs]
-        counts = await self.off_loop(self.scanner.count_many, bodies)
-        args = ([c.full_text for c in convs], draft.pref, self.names, self.tiers, self.price_in + self.price_out,
-                None if available is None else np.asarray(available, dtype=bool))
-        # scanned off the event loop (whatever the size), so other requests and /healthz keep flowing meanwhile
-        g = await self.off_loop(functools.partial(self.governance.guard, counts=counts), *args)
+        # scanned off the event loop (whatever the size), so other requests and /healthz keep flowing meanwhile;
+        # scan and guard in one hop (a thread hop costs about as much CPU as the guard itself)
+        g = await self.off_loop(self.scan_and_guard, convs, draft.pref, available)
         return [self._decision(i, draft, g) for i in range(len(convs))]
+
+    def scan_and_guard(self, convs: Sequence[Conversation], pref: np.ndarray,
+                       available: np.ndarray | None) -> GovernanceDecision:
+        """The governance scan of each request's body, then `GovernancePolicy.guard` (runs in a scan thread)."""
+        counts = self.scanner.count_many([c.full_text if c.body is None else c.body for c in convs])
+        return self.governance.guard([c.full_text for c in convs], pref, self.names, self.tiers,
+                                     self.price_in + self.price_out,
+                                     None if available is None else np.asarray(available, dtype=bool), counts=counts)
 
     def _decision(self, i: int, draft: _Draft, g: GovernanceDecision) -> Decision:
         p, chosen, classes = int(draft.pref[i]), g.chosen[i], sorted(g.found[i])
