@@ -53,6 +53,22 @@ def pick(target: str, value: float, metric: np.ndarray, accuracy: np.ndarray, co
     return int(ok[np.lexsort((-accuracy[ok], cost[ok]))[0]])
 
 
+def middle_of_run(choices: np.ndarray, i: int) -> int:
+    """The middle of the run of grid points around `i` whose val decisions are all the same as at `i`.
+
+    `pick` returns the first grid point that meets the target, which sits right at a decision boundary (λ just
+    past the point where some queries flip); any perturbation of P̂ — an int8 graph, a little drift — then
+    flips them back. Every point of the run makes the same val decisions, so the middle one scores the same
+    on val and keeps the widest margin on both sides."""
+    same = (choices == choices[i]).all(axis=1)
+    lo = hi = i
+    while lo > 0 and same[lo - 1]:
+        lo -= 1
+    while hi < len(same) - 1 and same[hi + 1]:
+        hi += 1
+    return (lo + hi) // 2
+
+
 def calibrate_router(router, ctx, P_test: np.ndarray, cost_test: np.ndarray, target: str, value: float,
                      n_boot: int = 1000, ci: float = 0.95, seed: int = 0, grid_points: int = 201) -> dict[str, Any]:
     """Pick the policy parameter on ctx.val, apply it to ctx.test, report achieved value + bootstrap CI.
@@ -75,7 +91,7 @@ def calibrate_router(router, ctx, P_test: np.ndarray, cost_test: np.ndarray, tar
     metric = np.array([_metric(target, q) for q in qs], float)
     acc = np.array([q["score"].mean() for q in qs])
     cost = np.array([q["cost"].sum() for q in qs])
-    i = pick(target, float(value), metric, acc, cost)
+    i = middle_of_run(ch_val, pick(target, float(value), metric, acc, cost))
     param = float(grid[i])
 
     policy.bind(ctx.fleet, ctx.test.queries)
