@@ -92,7 +92,7 @@ class ExportSettings:
     opset: int = 17
     max_length: int | None = None  # None = the classifier's
     quantize_per_channel: bool = True
-    quantize_reduce_range: bool = False
+    quantize_reduce_range: bool = True
     quantize_exclude_nodes: tuple[str, ...] = ()
     quantize_method: str = "dynamic"  # dynamic | static (onnx.quantize.method)
     quantize_calibrate_method: str = "MinMax"  # static: MinMax | Percentile | Entropy

@@ -118,7 +118,7 @@ QUANTIZE_METHODS = ("dynamic", "static")
 CALIBRATE_METHODS = ("MinMax", "Percentile", "Entropy")
 
 
-def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = False,
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = True,
                   exclude_nodes: Sequence[str] = (), method: str = "dynamic",
                   calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
                   calibrate_method: str = "MinMax", op_types: Sequence[str] = ("MatMul", "Gemm"),
