@@ -66,6 +66,8 @@ def middle_of_run(choices: np.ndarray, i: int) -> int:
         lo -= 1
     while hi < len(same) - 1 and same[hi + 1]:
         hi += 1
+    if lo == 0 or hi == len(same) - 1:  # a run to the grid's end (e.g. all-premium up to λ = ∞): no far side to
+        return i                          # keep a margin from, and its lower edge is its cheapest point on new traffic
     return (lo + hi) // 2
 
 
