@@ -33,6 +33,7 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
+from kronaxis_lab import metrics as M
 from kronaxis_lab.classifiers.tfidf import tfidf_vectorizer
 from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.grading.multiple_choice import extract_choice, texts_from_query
@@ -75,6 +76,8 @@ class CascadeSignal(ABC):
     name = "signal"
     #: True: one fixed rule (accept iff score ≥ 0.5); False: the threshold is swept into a curve
     fixed = True
+    #: what the signal learned, copied into the replay entry
+    info: dict[str, Any] = {}
 
     def __init__(self, answer_format: str = "auto"):
         if answer_format not in FORMATS:
@@ -142,9 +145,8 @@ class VerifierSignal(CascadeSignal):
     def extra_models(self, ctx):
         return [second_cheapest(ctx, self.agree_with)] if self.use_agreement else []
 
-    def _flags(self, ctx: ReplayContext, mats: Matrices, first: int) -> np.ndarray:
+    def _flags(self, ctx: ReplayContext, mats: Matrices, first: int, resp: list[str]) -> np.ndarray:
         texts = mats.queries["text"].astype(str).tolist()
-        resp = [("" if r is None else str(r)) for r in mats.responses[:, first]]
         keys = answer_keys(mats.responses[:, first], texts, self.answer_format)
         cols = [[k is not None for k in keys], [math.log1p(len(r)) / 10 for r in resp]]
         if self.use_agreement:
@@ -156,7 +158,7 @@ class VerifierSignal(CascadeSignal):
         resp = [("" if r is None else str(r)) for r in mats.responses[:, first]]
         q = self.q_vec.transform(mats.queries["text"].astype(str).tolist())
         r = self.r_vec.transform(resp)
-        return sparse.hstack([q, r, sparse.csr_matrix(self._flags(ctx, mats, first))], format="csr")
+        return sparse.hstack([q, r, sparse.csr_matrix(self._flags(ctx, mats, first, resp))], format="csr")
 
     def fit(self, ctx, first):
         tr, va = ctx.train, ctx.val
@@ -214,7 +216,7 @@ class CascadeRouter(Router):
             return "the split is empty"
         if mats.responses is None:
             return "the outcome table records no responses"
-        miss = np.array([[r is None for r in mats.responses[:, j]] for j in models]).any(axis=0)
+        miss = np.equal(mats.responses[:, models], None).any(axis=1)
         if miss.any():
             return f"{int(miss.sum())} of {mats.n} queries have no recorded response of a model it reads"
         return None
@@ -234,22 +236,28 @@ class CascadeRouter(Router):
         self.signal.fit(ctx, first)
         s = self.signal.score(ctx, ctx.test, first)
         thresholds = np.array([0.5]) if self.signal.fixed else self._thresholds(s)
-        keep = s[None, :] >= thresholds[:, None]  # (k, n)
-        t = ctx.test
         extras = [j for j in needs if j != first]
-        always = t.costs[:, extras].sum(axis=1) if extras else np.zeros(t.n)
-        choices = np.where(keep, first, second).astype(np.int32)
-        extra = always[None, :] + np.where(keep, 0.0, t.costs[:, first][None, :])
+        choices, extra, keep = self._plan(ctx.test, s, thresholds, first, second, extras)
         calls = 1 + len(extras) + (~keep).mean(axis=1)
         info: dict[str, Any] = {"family": "cascade", "cascade": {
             "signal": self.signal.name, "first": ctx.fleet.names[first], "second": ctx.fleet.names[second],
             "also_calls": [ctx.fleet.names[j] for j in extras], "calls_per_query": [float(c) for c in calls],
-            **getattr(self.signal, "info", {})}}
+            **self.signal.info}}
         if not self.signal.fixed:
             info["cascade"]["val_threshold"] = self._val_threshold(ctx, first, second, needs)
         rr = RouteResult(choices, None if self.signal.fixed else thresholds, None if self.signal.fixed else "threshold",
                          info=info, extra_cost=extra)
         return {self.name: rr}
+
+    @staticmethod
+    def _plan(mats: Matrices, s: np.ndarray, thresholds: np.ndarray, first: int, second: int,
+              extras: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(choices, extra $, kept) per threshold: keep `first`'s answer where s ≥ τ, else `second`'s; the extra $
+        are the calls not returned — `extras` always, `first` when it escalated."""
+        keep = s[None, :] >= thresholds[:, None]  # (k, n)
+        always = mats.costs[:, extras].sum(axis=1) if extras else np.zeros(mats.n)
+        choices = np.where(keep, first, second).astype(np.int32)
+        return choices, always[None, :] + np.where(keep, 0.0, mats.costs[:, first][None, :]), keep
 
     def _thresholds(self, s: np.ndarray) -> np.ndarray:
         """The sweep: `num` quantiles of the scores, plus keep-all (−∞) and escalate-all (+∞)."""
@@ -262,10 +270,7 @@ class CascadeRouter(Router):
             return None
         s = self.signal.score(ctx, va, first)
         th = self._thresholds(s)
-        keep = s[None, :] >= th[:, None]
-        extras = [j for j in needs if j != first]
-        cost = (np.where(keep, va.costs[:, first], va.costs[:, second] + va.costs[:, first]).sum(axis=1)
-                + va.costs[:, extras].sum())
-        acc = np.where(keep, va.scores[:, first], va.scores[:, second]).mean(axis=1)
+        choices, extra, _ = self._plan(va, s, th, first, second, [j for j in needs if j != first])
+        cost, acc = M.choices_metrics_batch(choices, va.scores, va.costs, va.correct, extra)
         i = operating_point(cost, acc, PREMIUM_ACCURACY_SHARE * float(va.scores[:, second].mean()))
         return float(th[i])

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 
 from kronaxis_lab.classifiers.base import load_classifier
 from kronaxis_lab.classifiers.calibration import log_loss
@@ -229,8 +230,7 @@ class MetadataBlendPredictor(Predictor):
     @staticmethod
     def _blend(P: np.ndarray, T: np.ndarray, w: float) -> np.ndarray:
         eps = 1e-6
-        lp, lt = (np.log(np.clip(x, eps, 1 - eps)) - np.log1p(-np.clip(x, eps, 1 - eps)) for x in (P, T))
-        return 1 / (1 + np.exp(-(w * lp + (1 - w) * lt)))
+        return expit(w * logit(np.clip(P, eps, 1 - eps)) + (1 - w) * logit(np.clip(T, eps, 1 - eps)))
 
     def fit_weight(self, ctx: ReplayContext) -> float:
         if ctx.val is None or ctx.val.n == 0:
