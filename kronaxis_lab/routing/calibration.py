@@ -87,7 +87,7 @@ def calibrate_router(router, ctx, P_test: np.ndarray, cost_test: np.ndarray, tar
     cost_val = ctx.expected_cost_for(val)
     policy.bind(ctx.fleet, val.queries)
     grid = np.asarray(policy.params if getattr(policy, "params", None) is not None
-                      else _fine_grid(policy, P_val, cost_val, grid_points), float)
+                      else calibration_grid(policy, P_val, cost_val, grid_points), float)
     ch_val = policy.choose(P_val, cost_val, grid)
     qs = [_per_query(c, val, prem) for c in ch_val]
     metric = np.array([_metric(target, q) for q in qs], float)
@@ -113,12 +113,21 @@ def calibrate_router(router, ctx, P_test: np.ndarray, cost_test: np.ndarray, tar
     }
 
 
-def _fine_grid(policy, P, cost, points: int) -> np.ndarray:
-    """A denser version of the policy's default grid, for a precise calibration."""
+def calibration_grid(policy, P, cost, points: int, max_breaks: int = 2000) -> np.ndarray:
+    """A denser version of the policy's default grid, for a precise calibration, plus a point between each
+    pair of adjacent breakpoints the policy reports (where a val decision changes), so no distinct set of val
+    decisions is stepped over (up to `max_breaks` of them, evenly spaced by rank beyond that)."""
     base = np.asarray(policy.default_params(P, cost), float)
     finite = base[np.isfinite(base)]
     if finite.size < 2:
         return base
+    breaks = policy.breakpoints(P, cost)
+    if breaks is not None and breaks.size:
+        breaks = np.sort(breaks)
+        if breaks.size > max_breaks:
+            breaks = breaks[np.linspace(0, breaks.size - 1, max_breaks).round().astype(int)]
+        between = np.sqrt(breaks[:-1] * breaks[1:]) if (breaks > 0).all() else (breaks[:-1] + breaks[1:]) / 2
+        finite = np.concatenate([finite, between, [breaks[0] / 2, breaks[-1] * 2]])
     dense = np.linspace(finite.min(), finite.max(), points)
     pos = finite[finite > 0]
     if pos.size >= 2 and pos.max() / pos.min() > 100:  # wide positive ranges (λ): add a geometric grid too

@@ -30,6 +30,11 @@ class Policy(ABC):
     def choose(self, P: np.ndarray, cost: np.ndarray, params: Sequence[float] | np.ndarray) -> np.ndarray:
         """(k, n) int32 choices for k parameter values."""
 
+    def breakpoints(self, P: np.ndarray, cost: np.ndarray) -> np.ndarray | None:
+        """Parameter values at which some row's choice can change (for an exact calibration), or None when the
+        policy does not know them; a grid then stands in."""
+        return None
+
     def sweep(self, P: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         given = getattr(self, "params", None)
         params = np.asarray(given if given is not None else self.default_params(P, cost), float)
@@ -57,6 +62,18 @@ class WillingnessToPay(Policy):
         scale = float(np.median(cost.max(axis=1) - cost.min(axis=1))) if cost.size else 1.0
         scale = scale if scale > 0 else float(np.median(cost)) or 1.0
         return np.concatenate([[0.0], scale * np.logspace(-2, 4, self.num - 2), [np.inf]])
+
+    def breakpoints(self, P, cost):
+        """Every λ where two models' utilities cross on some row: λ = Δcost / ΔP̂ over the pairs where the
+        dearer model is the likelier one. Choices only change there, so a grid between them is exact where
+        a fixed grid can step over a whole band of near-equal P̂ (an under-trained model's)."""
+        P, cost = np.asarray(P, float), np.asarray(cost, float)
+        j, k = np.triu_indices(P.shape[1], 1)
+        dP, dc = P[:, j] - P[:, k], cost[:, j] - cost[:, k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = dc / dP
+        ok = np.isfinite(lam) & (lam > 0) & (dP * dc > 0)
+        return np.unique(lam[ok])
 
     def choose(self, P, cost, params):
         params = np.asarray(params, float)
@@ -217,6 +234,10 @@ class LatencySLO(Policy):
 
     def default_params(self, P, cost):
         return self.inner.default_params(*self._mask(P, cost))
+
+    def breakpoints(self, P, cost):
+        Pm, cm = self._mask(P, cost)
+        return self.inner.breakpoints(Pm, np.where(np.isinf(cm), np.finfo(float).max / 4, cm))
 
     def choose(self, P, cost, params):
         Pm, cm = self._mask(P, cost)
