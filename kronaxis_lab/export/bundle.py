@@ -40,6 +40,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from kronaxis_lab.data.fleet import Fleet, FleetError
+from kronaxis_lab.export.cascade import load_cascade
 from kronaxis_lab.export.runtimes import BundleTokenizer, RuntimeOptions, check_texts, load_runtime, reorder
 from kronaxis_lab.export.schema import (
     FORMAT_VERSION,
@@ -152,6 +153,8 @@ class Bundle:
             self._bind_per_call = False
         except (TypeError, KeyError, AttributeError, IndexError):
             self._bind_per_call = True
+        cas = self.meta.get("cascade")
+        self.cascade = load_cascade(self.dir, cas, self.model_names, f"{where}: cascade") if cas else None
         gov = self.meta.get("governance")
         self.governance = None if not gov else instantiate_node(gov, f"{where}: governance", GovernancePolicy)
         if self.meta.get("stickiness"):  # built by the server (its salt resolves there): checked here, at load
@@ -235,6 +238,8 @@ class Bundle:
             raise ValueError(f"cost has shape {cost.shape}, expected {P.shape}")
         if n == 0:
             return np.zeros(0, dtype=np.int64)
+        if self.cascade is not None and not self.cascade.pre_route and param is None:
+            return np.full(n, self.model_names.index(self.cascade.first), dtype=np.int64)  # a pure cascade
         value = self.param if param is None else float(param)
         if not self._bind_per_call:
             return np.asarray(self.policy.choose(P, cost, [value])[0], dtype=np.int64)

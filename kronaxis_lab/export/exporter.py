@@ -62,6 +62,7 @@ from kronaxis_lab.export.bundle import (
     load_bundle,
 )
 from kronaxis_lab.export.card import ModelCard
+from kronaxis_lab.export.cascade import fit_cascade, save_cascade
 from kronaxis_lab.export.onnx_export import CALIBRATE_METHODS, QUANTIZE_METHODS, quantize_int8
 from kronaxis_lab.export.replay import bundle_metrics, replay_bundle
 from kronaxis_lab.export.runtimes import BundleRuntime, RuntimeOptions, load_runtime, reorder
@@ -593,6 +594,7 @@ def export_bundle(
     train_metrics: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     token_counter: TokenCounter | None = None,
+    cascade: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export `classifier_dir` (any saved classifier with `export_runtime`) to the bundle directory `out_dir`.
 
@@ -600,7 +602,9 @@ def export_bundle(
     val + test → parity sample; test → replay metrics). `policy_config`: a Hydra node with `_target_`.
     `calibration`/`default_operating_point`: {target, value} (see kronaxis_lab.routing.calibration).
     `token_counter`: the prompt-token counter replay prices with (configs/tokenizer); None = the
-    runtime's own tokenizer. Returns {"bundle_dir", "meta", "metrics", "bundle"}.
+    runtime's own tokenizer. `cascade`: a cascade node ({signal, pre_route, ...}, `export/cascade.py`) fitted on
+    train's recorded replies and chosen on val, on top of the bundle's decision. Returns {"bundle_dir", "meta",
+    "metrics", "bundle"}.
     """
     s = settings or ExportSettings()
     classifier_dir, out_dir = Path(classifier_dir), Path(out_dir)
@@ -668,6 +672,13 @@ def export_bundle(
         }
         if meta["governance"] is not None:
             instantiate_node(meta["governance"], "governance")  # fail now, not when the server starts
+        if cascade:
+            staged = Bundle(stage, _clean(meta), intra_op_threads=s.intra_op_threads, batch_size=s.batch_size)
+            fitted, lam = fit_cascade(staged, splits.train, splits.val, cascade)
+            meta["cascade"] = save_cascade(fitted, stage)
+            if fitted.pre_route:  # the hybrid's λ was chosen jointly with τ on val
+                meta["policy"]["param"] = encode_param(lam)
+                meta["policy"]["param_source"] = "cascade"
 
         metrics: dict[str, Any] = {"train": dict(train_metrics or {}), "parity": parity}
         if s.replay:  # the staged bundle itself: what kronaxis-replay bundle=<dir> and the server run

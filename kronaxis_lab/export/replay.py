@@ -28,8 +28,8 @@ from kronaxis_lab.export.bundle import Bundle, instantiate_policy
 from kronaxis_lab.routing.replay import ReplayResult, replay
 from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext, Router, RouteResult
 
-__all__ = ["BundlePredictor", "BundleRouter", "bundle_metrics", "bundle_router_names", "bundle_routers",
-           "replay_bundle"]
+__all__ = ["BundleCascadeRouter", "BundlePredictor", "BundleRouter", "bundle_metrics", "bundle_router_names",
+           "bundle_routers", "replay_bundle"]
 
 
 class BundlePredictor(Predictor):
@@ -66,19 +66,65 @@ class BundleRouter(Router):
                                        info=dict(self.info))}
 
 
+class BundleCascadeRouter(Router):
+    """The bundle's decision, then its cascade on the rows sent to the cascade's first model: the recorded reply
+    judged by `BundleCascade.keep` (the server's code), escalated to `second` when not trusted; every call made
+    is charged (`extra_cost`). With `sweep`, the judgement threshold is swept into a curve instead."""
+
+    def __init__(self, predictor: BundlePredictor, name: str, info: Mapping[str, Any] | None = None,
+                 sweep: bool = False, num: int = 41):
+        self.predictor, self.name, self.info, self.sweep, self.num = predictor, name, dict(info or {}), sweep, num
+
+    def route(self, ctx: ReplayContext) -> dict[str, RouteResult]:
+        b = self.predictor.bundle
+        cas = b.cascade
+        index = {n: i for i, n in enumerate(b.model_names)}
+        P = self.predictor.predict(ctx)
+        pre = b.decide(P, ctx.test.queries["text"].astype(str).tolist())
+        trust = cas.trust_on(ctx.test, index)
+        taus = (np.unique(np.concatenate([[-np.inf], np.quantile(trust, np.linspace(0, 1, self.num)), [np.inf]]))
+                if self.sweep else np.array([cas.threshold]))
+        choices, extra = cas.plan(pre, trust, taus, ctx.test.costs, index)
+        cascaded = pre == index[cas.first]
+        escalated = cascaded[None, :] & (choices == index[cas.second]) & (pre[None, :] != index[cas.second])
+        info = {**self.info, "family": "cascade", "cascade": {
+            "signal": cas.signal.name, "first": cas.first, "second": cas.second, "also_calls": cas.also_calls,
+            "threshold": cas.threshold, "pre_route": cas.pre_route, "cascaded_share": float(cascaded.mean()),
+            "escalated_share": [float(e) for e in escalated.mean(axis=1)],
+            "calls_per_query": [float(c) for c in 1 + cascaded.mean() * len(cas.also_calls) + escalated.mean(axis=1)]}}
+        return {self.name: RouteResult(choices, taus if self.sweep else np.array([b.param]),
+                                       "threshold" if self.sweep else b.policy.name, predictions=P, info=info,
+                                       extra_cost=extra)}
+
+
 def bundle_router_names(bundle: Bundle) -> tuple[str, str]:
-    """(sweep name, fixed-operating-point name)."""
-    return f"bundle+{bundle.policy_name}", f"bundle:{bundle.policy_name}@{bundle.param:.4g}"
+    """(sweep name, fixed-operating-point name): with a cascade, the fixed router is the cascade's."""
+    fixed = f"bundle:{bundle.policy_name}@{bundle.param:.4g}"
+    if bundle.cascade is not None:
+        fixed = f"bundle:cascade-{bundle.cascade.signal.name}:" + fixed.split(":", 1)[1]
+    return f"bundle+{bundle.policy_name}", fixed
 
 
 def bundle_routers(bundle: Bundle, variant: str | None = None) -> dict[str, Router]:
-    """{sweep name: PolicyRouter, fixed name: BundleRouter} over one shared `BundlePredictor`."""
+    """{sweep name: PolicyRouter, fixed name: BundleRouter (or, with a cascade, BundleCascadeRouter — beside
+    the bundle's own decision without it and the cascade's threshold sweep)} over one shared `BundlePredictor`."""
     pred = BundlePredictor(bundle, variant)
     sweep, fixed = bundle_router_names(bundle)
     identity = {"bundle_dir": str(bundle.dir), "bundle_id": bundle.bundle_id, "policy": bundle.policy_name}
     policy = instantiate_policy(bundle.meta["policy"]["config"], f"{bundle.dir}: policy.config")
-    return {sweep: PolicyRouter(pred, policy, name=sweep, info={"identity": identity}),
-            fixed: BundleRouter(pred, fixed, info={"identity": {**identity, "param": bundle.param}})}
+    out: dict[str, Router] = {sweep: PolicyRouter(pred, policy, name=sweep, info={"identity": identity})}
+    fixed_info = {"identity": {**identity, "param": bundle.param}}
+    if bundle.cascade is None:
+        out[fixed] = BundleRouter(pred, fixed, info=fixed_info)
+        return out
+    out[fixed] = BundleCascadeRouter(pred, fixed, info=fixed_info)
+    if bundle.cascade.pre_route:
+        plain = f"bundle:{bundle.policy_name}@{bundle.param:.4g}"  # the pre-route alone, for reference
+        out[plain] = BundleRouter(pred, plain, info=fixed_info)
+    if not bundle.cascade.signal.fixed:
+        name = f"bundle+cascade-{bundle.cascade.signal.name}"
+        out[name] = BundleCascadeRouter(pred, name, info={"identity": identity}, sweep=True)
+    return out
 
 
 def replay_bundle(bundle: Bundle, dataset: RoutingDataset, reference_routers: Mapping[str, Router] | None = None,

@@ -4,6 +4,7 @@
     kronaxis-export run_dir=<run> policy=threshold calibration={target:premium_share,value:0.2}
     kronaxis-export run_dir=<run> policies=latency_slo policy=wtp_slo governance=local_cloud
     kronaxis-export run_dir=<kronaxis-compare out> [compare.dataset=llmrouter]   # the comparison's winner
+    kronaxis-export run_dir=<run> cascade=verifier [cascade.pre_route=true]     # + a cascade (export/cascade.py)
 
 Every classifier of configs/classifier/ exports (tier predictor, student, TF-IDF + LR, kNN with its index,
 MLP, MF, rules, fallback, cluster prior, ensemble): the class writes its runtime files (`export_runtime`).
@@ -138,6 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) else None
 
     calib, dop, gov = plain("calibration"), plain("default_operating_point"), plain("governance")
+    cascade = plain("cascade")
     # the salt stays an ${oc.env:...} interpolation: resolved by the server at start-up, never stored in the bundle
     sticky = OmegaConf.to_container(cfg.stickiness, resolve=False) if cfg.get("stickiness") else None
     settings = ExportSettings.from_config(cfg, splits={"train": info.get("train_split", "train"),
@@ -152,7 +154,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return export_bundle(clf_dir, out / BUNDLE_SUBDIR, ds, policy_name=policy_name, policy_config=policy_node,
                          calibration=calib, default_operating_point=dop, governance=gov, stickiness=sticky,
                          reference_routers=routers, settings=settings, train_metrics=train_metrics, source=source,
-                         token_counter=counter)
+                         token_counter=counter, cascade=cascade)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy import sparse
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
@@ -92,17 +93,23 @@ class CascadeSignal(ABC):
         """Learn from the train (and val) splits; nothing to learn by default."""
 
     @abstractmethod
+    def trust(self, queries: Sequence[str], replies: Sequence[Any], others: Sequence[Sequence[Any]] = ()) -> np.ndarray:
+        """(n,) trust in the first model's answers `replies` to `queries` (higher = keep); `others` holds one
+        sequence of replies per extra model called (`extra_models` order). The replay and the server both call
+        this: it reads only what a gateway holds after the calls."""
+
     def score(self, ctx: ReplayContext, mats: Matrices, first: int) -> np.ndarray:
-        """(n,) trust in the first model's answer on `mats`' queries; higher = keep it."""
+        """`trust` over a split's recorded replies."""
+        texts = mats.queries["text"].astype(str).tolist()
+        others = [mats.responses[:, j] for j in self.extra_models(ctx)]
+        return self.trust(texts, mats.responses[:, first], others)
 
 
 class FormatSignal(CascadeSignal):
     name = "format"
 
-    def score(self, ctx, mats, first):
-        texts = mats.queries["text"].astype(str).tolist()
-        keys = answer_keys(mats.responses[:, first], texts, self.answer_format)
-        return np.array([k is not None for k in keys], float)
+    def trust(self, queries, replies, others=()):
+        return np.array([k is not None for k in answer_keys(replies, queries, self.answer_format)], float)
 
 
 class AgreementSignal(CascadeSignal):
@@ -118,11 +125,11 @@ class AgreementSignal(CascadeSignal):
     def extra_models(self, ctx):
         return [second_cheapest(ctx, self.with_model)]
 
-    def score(self, ctx, mats, first):
-        other = self.extra_models(ctx)[0]
-        texts = mats.queries["text"].astype(str).tolist()
-        a = answer_keys(mats.responses[:, first], texts, self.answer_format)
-        b = answer_keys(mats.responses[:, other], texts, self.answer_format)
+    def trust(self, queries, replies, others=()):
+        if len(others) != 1:
+            raise ValueError(f"cascade agreement reads one second model's replies, got {len(others)}")
+        a = answer_keys(replies, queries, self.answer_format)
+        b = answer_keys(others[0], queries, self.answer_format)
         return np.array([x is not None and x == y for x, y in zip(a, b)], float)
 
 
@@ -141,24 +148,34 @@ class VerifierSignal(CascadeSignal):
         self.Cs = [float(c) for c in Cs]
         self.agree_with, self.use_agreement, self.max_iter = agree_with, bool(use_agreement), int(max_iter)
         self.info: dict[str, Any] = {}
+        #: the fitted parts (`fit`, or set by a bundle loader): query / reply vectorizers, weights (d,), bias
+        self.q_vec = self.r_vec = self.coef = None
+        self.intercept = 0.0
 
     def extra_models(self, ctx):
         return [second_cheapest(ctx, self.agree_with)] if self.use_agreement else []
 
-    def _flags(self, ctx: ReplayContext, mats: Matrices, first: int, resp: list[str]) -> np.ndarray:
-        texts = mats.queries["text"].astype(str).tolist()
-        keys = answer_keys(mats.responses[:, first], texts, self.answer_format)
+    def _flags(self, queries: Sequence[str], replies: Sequence[Any], others: Sequence[Sequence[Any]],
+               resp: list[str]) -> np.ndarray:
+        keys = answer_keys(replies, queries, self.answer_format)
         cols = [[k is not None for k in keys], [math.log1p(len(r)) / 10 for r in resp]]
         if self.use_agreement:
-            other = answer_keys(mats.responses[:, self.extra_models(ctx)[0]], texts, self.answer_format)
+            if len(others) != 1:
+                raise ValueError(f"cascade verifier with agreement reads one second model's replies, got {len(others)}")
+            other = answer_keys(others[0], queries, self.answer_format)
             cols.append([a is not None and a == b for a, b in zip(keys, other)])
         return np.asarray(cols, float).T
 
-    def _features(self, ctx, mats, first):
-        resp = [("" if r is None else str(r)) for r in mats.responses[:, first]]
-        q = self.q_vec.transform(mats.queries["text"].astype(str).tolist())
-        r = self.r_vec.transform(resp)
-        return sparse.hstack([q, r, sparse.csr_matrix(self._flags(ctx, mats, first, resp))], format="csr")
+    def features(self, queries: Sequence[str], replies: Sequence[Any],
+                 others: Sequence[Sequence[Any]] = ()) -> sparse.csr_matrix:
+        queries = [str(q) for q in queries]
+        resp = [("" if r is None else str(r)) for r in replies]
+        q, r = self.q_vec.transform(queries), self.r_vec.transform(resp)
+        return sparse.hstack([q, r, sparse.csr_matrix(self._flags(queries, replies, others, resp))], format="csr")
+
+    def _split_features(self, ctx, mats, first):
+        return self.features(mats.queries["text"].astype(str).tolist(), mats.responses[:, first],
+                             [mats.responses[:, j] for j in self.extra_models(ctx)])
 
     def fit(self, ctx, first):
         tr, va = ctx.train, ctx.val
@@ -167,24 +184,27 @@ class VerifierSignal(CascadeSignal):
         self.q_vec, self.r_vec = tfidf_vectorizer(self.tfidf), tfidf_vectorizer(self.tfidf)
         self.q_vec.fit(tr.queries["text"].astype(str).tolist())
         self.r_vec.fit([("" if r is None else str(r)) for r in tr.responses[:, first]])
-        X, y = self._features(ctx, tr, first), tr.correct[:, first].astype(int)
+        X, y = self._split_features(ctx, tr, first), tr.correct[:, first].astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError("cascade verifier: the first model is always (or never) right on train; nothing to learn")
         have_val = va is not None and va.n > 0 and va.responses is not None and len(np.unique(va.correct[:, first])) > 1
+        Xv = self._split_features(ctx, va, first) if have_val else None
         best = None
         for C in self.Cs:
             lr = LogisticRegression(C=C, max_iter=self.max_iter).fit(X, y)
-            loss = (log_loss(va.correct[:, first].astype(int), lr.predict_proba(self._features(ctx, va, first))[:, 1])
-                    if have_val else 0.0)
+            loss = log_loss(va.correct[:, first].astype(int), lr.predict_proba(Xv)[:, 1]) if have_val else 0.0
             if best is None or loss < best[0]:
                 best = (loss, C, lr)
             if not have_val:
                 break
-        self.val_log_loss, self.C, self.lr = best
+        self.val_log_loss, self.C, lr = best
+        self.coef, self.intercept = np.asarray(lr.coef_[0], float), float(lr.intercept_[0])
         self.info = {"C": self.C, "val_log_loss": self.val_log_loss if have_val else None, "n_train": int(tr.n)}
 
-    def score(self, ctx, mats, first):
-        return self.lr.predict_proba(self._features(ctx, mats, first))[:, 1]
+    def trust(self, queries, replies, others=()):
+        if self.coef is None:
+            raise RuntimeError("cascade verifier: fit it (or load it from a bundle) before scoring")
+        return expit(self.features(queries, replies, others) @ self.coef + self.intercept)
 
 
 def second_cheapest(ctx: ReplayContext, name: str | None) -> int:

@@ -100,6 +100,32 @@ def decision_headers(d: Decision, expose_data_classes: bool = False) -> dict[str
     return h
 
 
+def reply_text(data: Any) -> str:
+    """The text of an upstream's chat (or legacy completion) answer, "" when it has none."""
+    try:
+        choice = data["choices"][0]
+        return (choice["message"]["content"] if "message" in choice else choice["text"]) or ""
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+def sse_from_completion(data: Mapping[str, Any], include_usage: bool = False) -> list[bytes]:
+    """A whole chat completion as the SSE chunks a streaming client reads (a cascade judges the reply before
+    returning any of it): role + content, the finish reason, usage when asked for, [DONE]."""
+    base = {"id": data.get("id", "chatcmpl-kronaxis"), "object": "chat.completion.chunk",
+            "created": data.get("created", int(time.time())), "model": data.get("model", "")}
+    out = []
+    for i, ch in enumerate(data.get("choices") or []):
+        msg = ch.get("message") or {}
+        out.append({**base, "choices": [{"index": i, "delta": {"role": msg.get("role", "assistant"),
+                                                                "content": msg.get("content") or ""},
+                                         "finish_reason": None}]})
+        out.append({**base, "choices": [{"index": i, "delta": {}, "finish_reason": ch.get("finish_reason", "stop")}]})
+    if include_usage and data.get("usage"):
+        out.append({**base, "choices": [], "usage": data["usage"]})
+    return [f"data: {json.dumps(c)}\n\n".encode() for c in out] + [b"data: [DONE]\n\n"]
+
+
 class _StreamMeter:
     """Reads the SSE bytes passing through: the `usage` chunk if the upstream sends one, else content chars."""
 
@@ -250,6 +276,7 @@ class RouterService:
         upstreams.check_fleet(self.engine.names)
         self.available = np.array([n in upstreams for n in self.engine.names], dtype=bool)
         m = monitor or MonitorSettings()  # decision log + shadow evaluation (kronaxis_lab/monitoring/live.py)
+        self.cascade = getattr(bundle, "cascade", None)  # export/cascade.py; a test fake bundle may have none
         self.monitor = LiveMonitor(m.decision_log, m.shadow, bundle, governance, self.engine.classify_text,
                                    self.metrics.registry, self.shadow_call, upstreams.names)
 
@@ -366,7 +393,70 @@ class RouterService:
             what = f"data of class(es) {d.data_classes}" if self.settings.expose_data_classes else "sensitive data"
             raise RequestError(403, f"refused by governance: the conversation carries {what}, which no available "
                                "endpoint may receive", type="governance_refused", code="data_class_not_allowed")
-        return await self.forward(d, conv, {k: v for k, v in body.items() if k not in ROUTER_FIELDS}, stream)
+        fwd = {k: v for k, v in body.items() if k not in ROUTER_FIELDS}
+        if self.cascade is not None and forced is None and d.model == self.cascade.first and self.cascadable(fwd):
+            return await self.cascade_forward(d, conv, fwd, stream)
+        return await self.forward(d, conv, fwd, stream)
+
+    # -- a bundle's cascade: call the first model, judge its reply, escalate ---------------------------
+    def cascadable(self, body: Mapping[str, Any]) -> bool:
+        """A cascade judges one text reply: not tool calls, not n > 1 choices."""
+        return not body.get("tools") and not body.get("functions") and body.get("n") in (None, 1)
+
+    async def cascade_forward(self, d: Decision, conv: Conversation, body: dict[str, Any], stream: bool) -> Response:
+        """`export/cascade.py`: the first model's (and any also-called model's) reply, not streamed; kept when the
+        signal trusts it (`BundleCascade.keep`, the code the bundle replay runs), else the request goes on to
+        `second` through `forward` (its fallbacks, its stream). Every call made is accounted."""
+        cas, names = self.cascade, self.engine.names
+        idx = [names.index(m) for m in cas.calls]
+        allowed = np.ones(len(names), bool) if d.allowed is None else d.allowed
+        if not all(self.available[j] and allowed[j] for j in idx):  # an also-called model is off limits here
+            d.reasons.append("cascade: skipped (a model it calls is not available for this request)")
+            self.metrics.cascade.labels(outcome="skipped").inc()
+            return await self.forward(d, conv, body, stream)
+        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        t_up = time.perf_counter()
+        metas: list[dict[str, Any]] = [{} for _ in idx]
+        answers = await asyncio.gather(*(self.call_upstream(m, plain, False, meta)
+                                         for m, meta in zip(cas.calls, metas)), return_exceptions=True)
+        if isinstance(answers[0], BaseException):  # the first model failed: the plain path retries and falls back
+            self.metrics.upstream_errors.labels(model=cas.first).inc()
+            log.warning("cascade: upstream %s failed: %s", cas.first, type(answers[0]).__name__)
+            d.reasons.append("cascade: first call failed")
+            self.metrics.cascade.labels(outcome="skipped").inc()
+            return await self.forward(d, conv, body, stream)
+        replies = [reply_text(a) for a in answers]
+        text = self.engine.classify_text(conv.user_turns)
+        keep = bool((await self.engine.off_loop(cas.keep, [text], [replies[0]], [[r] for r in replies[1:]]))[0])
+        second = names.index(cas.second)
+        if not keep and not (self.available[second] and allowed[second]):
+            keep = True
+            d.reasons.append(f"cascade: {cas.second} may not receive this request: kept {cas.first}")
+        for m, a in zip(cas.calls[1:], answers[1:]):  # the also-called models: charged, never returned
+            if not isinstance(a, BaseException):
+                self.account(m, a.get("usage") if isinstance(a, dict) else None, conv, len(reply_text(a)))
+        if not keep:
+            self.account(cas.first, answers[0].get("usage") if isinstance(answers[0], dict) else None, conv,
+                         len(replies[0]))
+            d.reasons.append(f"cascade: {cas.signal.name} did not trust {cas.first}'s reply -> {cas.second}")
+            d.model, d.tier = cas.second, int(self.engine.tiers[second])
+            self.metrics.cascade.labels(outcome="escalated").inc()
+            return await self.forward(d, conv, body, stream)
+        d.reasons.append(f"cascade: {cas.signal.name} kept {cas.first}'s reply")
+        self.metrics.cascade.labels(outcome="kept").inc()
+        self.monitor.routed(conv, d, body, not stream, time.perf_counter() - t_up, "chat")
+        headers = decision_headers(d, self.settings.expose_data_classes)
+        if metas[0].get("endpoint"):
+            headers["x-kronaxis-endpoint"] = str(metas[0]["endpoint"])
+        self.metrics.requests.labels(endpoint="chat", model=cas.first, tier=str(d.tier)).inc()
+        self.metrics.upstream_latency.labels(model=cas.first).observe(time.perf_counter() - t_up)
+        if not stream:
+            return self.reply(answers[0], cas.first, conv, headers)
+        self.account(cas.first, answers[0].get("usage") if isinstance(answers[0], dict) else None, conv,
+                     len(replies[0]), replies[0])
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(iter(sse_from_completion(answers[0], include_usage)), media_type="text/event-stream",
+                                 headers=headers)
 
     async def forward(self, d: Decision, conv: Conversation, body: dict[str, Any], stream: bool,
                       path: str = CHAT_PATH) -> Response:
@@ -420,12 +510,7 @@ class RouterService:
         return await agen.__anext__(), agen
 
     def reply(self, data: Any, model: str, conv: Conversation, headers: dict[str, str]) -> JSONResponse:
-        text = ""
-        try:
-            choice = data["choices"][0]
-            text = (choice["message"]["content"] if "message" in choice else choice["text"]) or ""  # chat | legacy
-        except (KeyError, IndexError, TypeError):
-            pass
+        text = reply_text(data)
         self.account(model, data.get("usage") if isinstance(data, dict) else None, conv, len(text), text)
         return JSONResponse(data, headers=headers)
 

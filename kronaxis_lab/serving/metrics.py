@@ -42,6 +42,9 @@ class RouterMetrics:
             ["action", "data_class"], registry=r)
         self.sticky_escalations = Counter("kronaxis_sticky_escalations",
                                           "Decisions raised to the session's tier floor", registry=r)
+        self.cascade = Counter("kronaxis_cascade", "Cascaded requests by outcome: kept (the first model's reply), "
+                               "escalated, skipped (a model it calls is off limits, or the first call failed)",
+                               ["outcome"], registry=r)
         self.errors = Counter("kronaxis_request_errors", "Requests answered with an error", ["status"], registry=r)
         self.cost_usd = Counter("kronaxis_cost_usd", "Estimated cost of routed completions", ["model"], registry=r)
         self.premium_cost_usd = Counter("kronaxis_premium_cost_usd",
