@@ -4,6 +4,7 @@ hand-built tables, and a replay of the real RouteLLM GSM8K responses."""
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from kronaxis_lab import metrics as M
 from kronaxis_lab.data.fleet import Fleet
@@ -11,7 +12,7 @@ from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.pipelines.replay import run
 from kronaxis_lab.routing.cascades import AgreementSignal, CascadeRouter, FormatSignal, VerifierSignal, answer_key
 from kronaxis_lab.routing.replay import paired_bootstrap, replay_matrices
-from kronaxis_lab.routing.routers import AlwaysRouter, OracleRouter, RandomRouter
+from kronaxis_lab.routing.routers import AlwaysRouter, OracleRouter, RandomRouter, ReplayContext
 from tests.conftest import compose
 
 FLEET2 = Fleet.from_config({"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1},
@@ -123,6 +124,27 @@ def test_verifier_cascade_learns_from_train_responses_and_beats_random_mixing():
     assert bs["random"]["aiq"]["lo"] > 0  # the response carries the signal; random mixing has none
     # the bootstrap charges the extra calls on each resample: its full-split AIQ is the replay's
     assert bs["random"]["aiq"]["diff"] == pytest.approx(r["aiq"] - res.routers["random"]["aiq"])
+
+
+def test_verifier_reads_the_arithmetic_of_the_worked_steps():
+    """Replies differ only in whether a written step is right ("3 + 4 = 7" vs "3 + 4 = 9"): TF-IDF drops
+    one-character tokens, so only the arithmetic re-check can tell them apart."""
+    rng = np.random.default_rng(0)
+    n = 400
+    a, b = rng.integers(1, 9, n), rng.integers(1, 9, n)
+    ok = rng.random(n) < 0.5
+    stated = np.where(ok, a + b, a + b + rng.integers(1, 5, n))
+    resp = [[f"so {x} + {y} = {z} and #### {z}", f"#### {x + y}"] for x, y, z in zip(a, b, stated)]
+    t = mats([f"add {x} and {y} please" for x, y in zip(a, b)], resp, np.stack([ok, np.ones(n)], 1).astype(float),
+             np.tile([1.0, 10.0], (n, 1)), FLEET2.names)
+    train, test = split(t, range(0, 300)), split(t, range(300, n))
+    plain, arith = VerifierSignal(Cs=[1.0]), VerifierSignal(Cs=[1.0], arithmetic=True)
+    ctx = ReplayContext(test=test, fleet=FLEET2, train=train, val=train)
+    for sig in (plain, arith):
+        sig.fit(ctx, 0)
+    auc = {name: roc_auc_score(test.correct[:, 0], sig.score(ctx, test, 0)) for name, sig in
+           (("plain", plain), ("arith", arith))}
+    assert auc["arith"] > 0.99 and auc["plain"] < 0.7
 
 
 def test_extra_cost_is_checked():

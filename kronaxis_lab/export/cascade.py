@@ -106,6 +106,7 @@ def save_cascade(cascade: BundleCascade, bundle_dir: Path) -> dict[str, Any]:
                          "reply_vectorizer": f"{CASCADE_DIR}/reply_vectorizer.json",
                          "weights": f"{CASCADE_DIR}/verifier.npz"}
         node["use_agreement"] = bool(sig.use_agreement)
+        node["arithmetic"] = bool(sig.arithmetic)
     return node
 
 
@@ -126,7 +127,8 @@ def load_cascade(bundle_dir: Path, node: Mapping[str, Any], model_names: Sequenc
     fmt = node.get("answer_format", "auto")
     try:
         if kind == "verifier":
-            sig: CascadeSignal = VerifierSignal(answer_format=fmt, use_agreement=bool(node.get("use_agreement")))
+            sig: CascadeSignal = VerifierSignal(answer_format=fmt, use_agreement=bool(node.get("use_agreement")),
+                                                arithmetic=bool(node.get("arithmetic")))
             files = node.get("files") or {}
             try:
                 sig.q_vec = load_tfidf_vectorizer(bundle_dir / files["query_vectorizer"])
@@ -135,7 +137,8 @@ def load_cascade(bundle_dir: Path, node: Mapping[str, Any], model_names: Sequenc
                 sig.coef, sig.intercept = np.asarray(w["coef"], float), float(np.asarray(w["intercept"]).ravel()[0])
             except (KeyError, OSError, ValueError) as e:
                 raise BundleError(f"{where}.files: the verifier's files are missing or unreadable ({e})") from e
-            width = len(sig.q_vec.vocabulary_) + len(sig.r_vec.vocabulary_) + 2 + int(sig.use_agreement)
+            width = (len(sig.q_vec.vocabulary_) + len(sig.r_vec.vocabulary_) + 2 + int(sig.use_agreement)
+                     + 3 * int(sig.arithmetic))
             if sig.coef.shape != (width,):
                 raise BundleError(f"{where}: verifier weights have shape {sig.coef.shape}, its features {width}")
         elif kind == "agreement":

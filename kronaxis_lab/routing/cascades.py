@@ -37,6 +37,7 @@ from sklearn.metrics import log_loss
 from kronaxis_lab import metrics as M
 from kronaxis_lab.classifiers.tfidf import tfidf_vectorizer
 from kronaxis_lab.data.tables import Matrices
+from kronaxis_lab.grading.arithmetic import arithmetic_check
 from kronaxis_lab.grading.multiple_choice import extract_choice, texts_from_query
 from kronaxis_lab.grading.numeric import marked_answer
 from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
@@ -141,8 +142,12 @@ class VerifierSignal(CascadeSignal):
     fixed = False
 
     def __init__(self, tfidf: dict | None = None, Cs: Sequence[float] = (0.1, 1.0, 10.0), agree_with: str | None = None,
-                 use_agreement: bool = False, answer_format: str = "auto", max_iter: int = 2000):
+                 use_agreement: bool = False, answer_format: str = "auto", max_iter: int = 2000,
+                 arithmetic: bool = False):
         super().__init__(answer_format)
+        #: also feed the arithmetic re-check of the reply's worked steps (grading/arithmetic.py): any wrong step,
+        #: log-counts of right and wrong steps
+        self.arithmetic = bool(arithmetic)
         self.tfidf = dict(tfidf or {"ngram_range": [1, 2], "min_df": 2, "max_features": 20000,
                                     "sublinear_tf": True})
         self.Cs = [float(c) for c in Cs]
@@ -159,6 +164,10 @@ class VerifierSignal(CascadeSignal):
                resp: list[str]) -> np.ndarray:
         keys = answer_keys(replies, queries, self.answer_format)
         cols = [[k is not None for k in keys], [math.log1p(len(r)) / 10 for r in resp]]
+        if self.arithmetic:
+            checks = [arithmetic_check(r) for r in resp]
+            cols += [[bad > 0 for _, bad in checks], [math.log1p(good) / 3 for good, _ in checks],
+                     [math.log1p(bad) for _, bad in checks]]
         if self.use_agreement:
             if len(others) != 1:
                 raise ValueError(f"cascade verifier with agreement reads one second model's replies, got {len(others)}")
