@@ -208,6 +208,10 @@ def test_hybrid_chooses_lambda_and_tau_on_val(hybrid_bundle):
     cas = meta["cascade"]
     assert cas["signal"] == "verifier" and cas["pre_route"] is True
     assert meta["policy"]["param_source"] == "cascade" and meta["policy"]["param"] == cas["fit"]["param"]
+    # the classifier-only operating point no longer describes the shipped λ: kept aside, not shown as the bundle's
+    assert meta["policy"]["operating_point"] is None and meta["policy"]["pre_cascade_operating_point"]["target"]
+    card = (hybrid_bundle / "README.md").read_text()
+    assert "**Cascade:** the requests the policy sends to it" in card and "escalates to `strong`" in card
     assert cas["fit"]["val_accuracy"] >= cas["fit"]["target_accuracy"] - 1e-9
     assert {"cascade/query_vectorizer.json", "cascade/reply_vectorizer.json", "cascade/verifier.npz"} <= set(meta["sha256"])
     with np.load(hybrid_bundle / "cascade" / "verifier.npz", allow_pickle=False) as z:  # plain arrays, no pickle

@@ -69,6 +69,7 @@ class ModelCard:
     files: dict[str, float] = field(default_factory=dict)  # relative path → size in MB
     quantization: dict[str, Any] | None = None  # the first graph's router.json onnx.int8 (method, calibration)
     warnings: list[str] = field(default_factory=list)
+    cascade: dict[str, Any] | None = None  # router.json `cascade` (export/cascade.py), None without one
 
     @classmethod
     def from_bundle(cls, meta: Mapping[str, Any], metrics: Mapping[str, Any] | None,
@@ -105,7 +106,7 @@ class ModelCard:
             parity=dict(meta.get("parity") or {}), default_variant=str(meta.get("default_variant")),
             replay_split=rep.get("split"), replay_n=rep.get("n_queries"), replay_rows=rows,
             val_mean_auc=val.get("mean_auc"), val_brier=val.get("brier"), files=dict(sizes_mb or {}),
-            warnings=list(meta.get("warnings") or []),
+            warnings=list(meta.get("warnings") or []), cascade=meta.get("cascade"),
             quantization=next(((n.get("onnx") or {}).get("int8") for _, _, n in walk_nodes(node)
                                if (n.get("onnx") or {}).get("int8")), None) if node else None,
         )
@@ -146,6 +147,20 @@ class ModelCard:
                 f"[{_num(ci[0])}, {_num(ci[1])}] ({_pct(op.get('ci_level'), 0)} bootstrap CI, "
                 f"{op.get('n_boot', '?')} resamples); test accuracy {_pct(op.get('test_accuracy'))}, "
                 f"premium share {_pct(op.get('test_premium_share'))}.")
+
+    def _cascade(self) -> str:
+        c = self.cascade
+        if not c:
+            return ""
+        fit = c.get("fit") or {}
+        who = ("the requests the policy sends to it go" if c.get("pre_route") else "every request goes")
+        also = f", also calling {', '.join(c['also_calls'])}" if c.get("also_calls") else ""
+        return (f"\n\n**Cascade:** {who} to `{c.get('first')}` first{also}; its reply is judged by the "
+                f"`{c.get('signal')}` signal and, below threshold {_num(c.get('threshold'))}, the request escalates "
+                f"to `{c.get('second')}` (every call is charged in the metrics above). Chosen on val "
+                f"({fit.get('n_val', '?')} queries): accuracy {_pct(fit.get('val_accuracy'))} at target "
+                f"{_pct(fit.get('target_accuracy'))}, cost {_usd(fit.get('val_cost_usd'))}. Requests with tools or "
+                "n > 1 are not cascaded.")
 
     def _parity(self) -> str:
         p = self.parity
@@ -264,7 +279,7 @@ bundle at its operating point, the second its whole policy sweep (summarised at 
 
 ## Operating point
 
-{self._operating_point()}
+{self._operating_point()}{self._cascade()}
 
 ## Export parity
 

@@ -676,9 +676,11 @@ def export_bundle(
             staged = Bundle(stage, _clean(meta), intra_op_threads=s.intra_op_threads, batch_size=s.batch_size)
             fitted, lam = fit_cascade(staged, splits.train, splits.val, cascade)
             meta["cascade"] = save_cascade(fitted, stage)
-            if fitted.pre_route:  # the hybrid's λ was chosen jointly with τ on val
+            if fitted.pre_route:  # the hybrid's λ was chosen jointly with τ on val (cascade.fit holds its numbers)
                 meta["policy"]["param"] = encode_param(lam)
                 meta["policy"]["param_source"] = "cascade"
+                meta["policy"]["pre_cascade_operating_point"] = meta["policy"].pop("operating_point")
+                meta["policy"]["operating_point"] = None
 
         metrics: dict[str, Any] = {"train": dict(train_metrics or {}), "parity": parity}
         if s.replay:  # the staged bundle itself: what kronaxis-replay bundle=<dir> and the server run
