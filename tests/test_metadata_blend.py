@@ -1,5 +1,7 @@
 """Text + metadata: the blend weight is chosen on val and follows whichever input carries the signal."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,3 +52,43 @@ def test_blend_needs_a_val_split():
     tr = split(50, 0, False)
     with pytest.raises(ValueError, match="no val split"):
         MetadataBlendPredictor(Rows()).predict(ReplayContext(test=tr, fleet=FLEET, train=tr))
+
+
+def test_compare_shows_text_and_text_plus_metadata_rows_separately(tmp_path):
+    """A dataset whose text says nothing about difficulty but whose `task` tag does: kronaxis-compare with
+    metadata={by:task} adds a "text + metadata" row per classifier beside its text-only row; the tagged row routes
+    better, and it never wins (production traffic may lack the tag)."""
+    from kronaxis_lab.data.importers.base import Importer
+    from kronaxis_lab.pipelines.compare import run as compare_run
+    from tests.conftest import compose
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    rows, outs = [], []
+    for i in range(400):
+        task = ("hard", "easy")[i % 2]
+        rows.append({"query_id": f"q{i}", "text": " ".join(rng.choice(words, 4)) + f" {i}", "task": task})
+        outs += [{"query_id": f"q{i}", "model": "weak", "score": float(rng.random() < (0.1 if task == "hard" else 0.95)),
+                  "input_tokens": 10, "output_tokens": 10},
+                 {"query_id": f"q{i}", "model": "strong", "score": float(rng.random() < 0.95), "input_tokens": 10,
+                  "output_tokens": 10}]
+    fleet = {"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1},
+                        "strong": {"tier": 1, "price_in": 20, "price_out": 20}}}
+    q, o = pd.DataFrame(rows), pd.DataFrame(outs)
+
+    class Raw(Importer):
+        def read(self, store):
+            return q, o
+
+    Raw(fleet=fleet, name="tagged").build(q, o).save(tmp_path / "ds")
+    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf_logreg]",
+            "bootstrap.n=0", "metadata={by:task}"]
+    (r,) = compare_run(compose("compare", over, tmp_path))["results"]
+    by_kind = {row["kind"]: row for row in r["rows"] if row["kind"] in ("classifier", "metadata")}
+    text, meta = by_kind["classifier"], by_kind["metadata"]
+    assert text["inputs"] == "text" and meta["inputs"] == "text + metadata"
+    assert meta["router"].startswith("tfidf_logreg + metadata:task (")
+    assert meta["aiq"] > text["aiq"] + 0.05  # the tag carries what the text lacks
+    assert r["winner"]["label"] == "tfidf_logreg" and r["winner"]["entry"] == text["entry"]
+    test = json.loads((tmp_path / "saved/replay/metrics.json").read_text())["routers"]
+    assert test[meta["entry"]]["identity"]["metadata"] == "task" and test[meta["entry"]]["family"] == "metadata"

@@ -13,7 +13,9 @@ Per dataset: `kronaxis-train` each classifier on the train split (val drives ear
 **test** split whose numbers are reported, so nothing is tuned on test. The **winner** is the trained
 classifier (under its val-chosen policy) with the highest val AIQ, ties to the first listed; the reference
 routers never win (the task prior reads labels production lacks, oracle reads outcomes), nor do cascades (rows of
-kind `cascade`, replayed where the outcome table records responses; they are not exported yet). It is printed first,
+kind `cascade`, replayed where the outcome table records responses; exported with `kronaxis-export cascade=...`), nor
+"text + metadata" rows (kind `metadata`, with `metadata={by:<queries column>}`: each classifier blended with the per-tag
+success rates of a request tag, for deployments whose clients send one). It is printed first,
 and comparison.json holds it per dataset: `winner: {label, classifier, classifier_dir, policy, val_aiq,
 test_aiq, export_command}` (`kronaxis-export run_dir=<classifier_dir> policy=<policy>`). Writes
 `<out>/<dataset>/train/<label>/`, `<out>/<dataset>/replay{,_val}/` (metrics.json with dataset_info, report.md,
@@ -77,16 +79,19 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return label, [f"classifier={name}", *over]
 
 
-def entries_of(metrics: dict[str, dict[str, Any]], classifier_dir: str) -> dict[str, dict[str, Any]]:
-    """The replay entries of one trained classifier (one per policy), found by the `identity` each carries."""
+def entries_of(metrics: dict[str, dict[str, Any]], classifier_dir: str,
+               metadata: bool = False) -> dict[str, dict[str, Any]]:
+    """The replay entries of one trained classifier (one per policy), found by the `identity` each carries: its
+    text-only entries, or (`metadata`) its "text + metadata" ones."""
     want = Path(classifier_dir).resolve()
     return {k: v for k, v in metrics.items()
-            if "classifier_dir" in v.get("identity", {}) and Path(v["identity"]["classifier_dir"]).resolve() == want}
+            if "classifier_dir" in v.get("identity", {}) and Path(v["identity"]["classifier_dir"]).resolve() == want
+            and bool(v["identity"].get("metadata")) == metadata}
 
 
-def pick_policy_on_val(val_metrics: dict[str, dict[str, Any]], classifier_dir: str) -> str:
+def pick_policy_on_val(val_metrics: dict[str, dict[str, Any]], classifier_dir: str, metadata: bool = False) -> str:
     """The entry of the classifier in `classifier_dir` with the highest AIQ on the val split."""
-    cands = entries_of(val_metrics, classifier_dir)
+    cands = entries_of(val_metrics, classifier_dir, metadata)
     if not cands:
         raise KeyError(f"no replay entry for the classifier in {classifier_dir} (entries: {sorted(val_metrics)})")
     return max(cands, key=lambda k: cands[k].get("aiq") or 0.0)
@@ -130,7 +135,8 @@ def winner_line(dataset: str, w: dict[str, Any]) -> str:
 
 
 def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str],
-                boot: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+                boot: dict[str, Any] | None = None, resume: bool = False,
+                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     dirs: dict[str, str] = {}
     trained: dict[str, dict[str, Any]] = {}
     for label, clf_over in classifiers.items():
@@ -155,9 +161,13 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
         log.info("[%s] trained %s in %.0f s (val mean AUC %s)", dataset, label, trained[label]["train_s"],
                  trained[label]["val_mean_auc"])
     dir_list = "[" + ",".join(dirs.values()) + "]"
-    val = replay_run(compose("replay", [f"dataset={dataset}", f"classifier_dir={dir_list}", "split=val", *overrides],
-                             out / "replay_val"))
-    test = replay_run(compose("replay", [f"dataset={dataset}", f"classifier_dir={dir_list}", *overrides],
+    meta_over = []
+    if metadata:
+        metadata = {"by": "task", "smoothing": 10.0, **metadata}
+        meta_over = [f"metadata={{by:{metadata['by']},smoothing:{float(metadata['smoothing'])}}}"]
+    val = replay_run(compose("replay", [f"dataset={dataset}", f"classifier_dir={dir_list}", "split=val", *meta_over,
+                                        *overrides], out / "replay_val"))
+    test = replay_run(compose("replay", [f"dataset={dataset}", f"classifier_dir={dir_list}", *meta_over, *overrides],
                               out / "replay"))
     m, mv = test["metrics"], val["metrics"]
     rows = []
@@ -165,6 +175,10 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
         best = pick_policy_on_val(mv, dirs[label])
         rows.append(_row(f"{label} ({m[best]['identity']['policy']})", m[best], entry=best, label=label,
                          kind="classifier", val_aiq=mv[best].get("aiq"), **trained[label]))
+        if metadata:  # the same classifier with the request tag: its own row, never the winner
+            mbest = pick_policy_on_val(mv, dirs[label], metadata=True)
+            rows.append(_row(f"{label} + metadata:{metadata['by']} ({m[mbest]['identity']['policy']})", m[mbest],
+                             entry=mbest, label=f"{label}+meta", kind="metadata", val_aiq=mv[mbest].get("aiq")))
     res = test["result"]
     for ref in (*REFERENCES, f"always:{res.premium}", f"always:{res.cheapest}"):
         if ref in m:
@@ -241,7 +255,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     overrides = [str(o) for o in (cfg.get("overrides") or [])]
     t0 = time.perf_counter()
     boot = OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None
-    results = [run_dataset(str(ds), classifiers, out / str(ds), overrides, boot, resume=bool(cfg.get("resume")))
+    meta = OmegaConf.to_container(cfg.metadata, resolve=True) if cfg.get("metadata") else None
+    results = [run_dataset(str(ds), classifiers, out / str(ds), overrides, boot, resume=bool(cfg.get("resume")),
+                           metadata=meta)
                for ds in cfg.datasets]
     minutes = (time.perf_counter() - t0) / 60
     md = render_markdown(results, minutes)

@@ -61,7 +61,8 @@ def compare_winner(compare_dir: Path, dataset: str | None = None) -> dict[str, A
                     "label": win["label"], "dataset": name, "val_aiq": win.get("val_aiq")}
     else:  # no winner entry: the trained rows (their entry names a classifier, `Class[label]+policy`; a
         # reference router's entry is its own label) with the highest val AIQ
-        rows = [r for r in sections[name].get("rows", []) if r.get("label") and r.get("entry") != r["label"]]
+        rows = [r for r in sections[name].get("rows", []) if r.get("label") and r.get("entry") != r["label"]
+                and r.get("kind", "classifier") == "classifier"]
         if not rows:
             raise ValueError(f"{compare_dir / COMPARISON_FILE}: no trained classifier in the {name} section")
         best = max(rows, key=lambda r: float("-inf") if r.get("val_aiq") is None else float(r["val_aiq"]))

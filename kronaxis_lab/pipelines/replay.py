@@ -27,7 +27,7 @@ from kronaxis_lab.export.schema import encode_param
 from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.replay import replay
 from kronaxis_lab.routing.report import summary_table, write_report
-from kronaxis_lab.routing.routers import ClassifierPredictor, PolicyRouter
+from kronaxis_lab.routing.routers import ClassifierPredictor, MetadataBlendPredictor, PolicyRouter
 from kronaxis_lab.tracking import tracked
 
 log = logging.getLogger("kronaxis_lab.replay")
@@ -84,6 +84,14 @@ def classifier_routers(cfg: DictConfig, n_models: int) -> dict[str, Any]:
                         "policy": pname}  # what compare and reports read; the display name is only for people
             r = PolicyRouter(predictor, policy, name=f"{label}+{pname}", calibration=calib, info={"identity": identity})
             out[r.name] = r
+            meta = cfg.get("metadata")
+            if meta:  # "text + metadata": the same classifier blended with the per-tag rates of a request tag
+                by = str(meta.get("by", "task"))
+                blend = MetadataBlendPredictor(predictor, by=by, smoothing=float(meta.get("smoothing", 10.0)))
+                r = PolicyRouter(blend, build(pnode, f"policy '{pname}'"), name=f"{label}+meta:{by}+{pname}",
+                                 calibration=calib,
+                                 info={"identity": {**identity, "metadata": by}, "family": "metadata"})
+                out[r.name] = r
         log.info("classifier %s (split check: %s)", clf_dir, split_check)
     return out
 
