@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 
 from kronaxis_lab.data.fleet import Fleet, FleetError
 from kronaxis_lab.export.cascade import load_cascade
+from kronaxis_lab.export.metadata import BundleMetadata
 from kronaxis_lab.export.runtimes import BundleTokenizer, RuntimeOptions, check_texts, load_runtime, reorder
 from kronaxis_lab.export.schema import (
     FORMAT_VERSION,
@@ -153,6 +154,8 @@ class Bundle:
             self._bind_per_call = False
         except (TypeError, KeyError, AttributeError, IndexError):
             self._bind_per_call = True
+        md = self.meta.get("metadata")
+        self.metadata = BundleMetadata.from_node(md, len(self.model_names), f"{where}: metadata") if md else None
         cas = self.meta.get("cascade")
         self.cascade = load_cascade(self.dir, cas, self.model_names, f"{where}: cascade") if cas else None
         gov = self.meta.get("governance")

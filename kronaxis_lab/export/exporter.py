@@ -63,6 +63,7 @@ from kronaxis_lab.export.bundle import (
 )
 from kronaxis_lab.export.card import ModelCard
 from kronaxis_lab.export.cascade import fit_cascade, save_cascade
+from kronaxis_lab.export.metadata import fit_metadata
 from kronaxis_lab.export.onnx_export import CALIBRATE_METHODS, QUANTIZE_METHODS, quantize_int8
 from kronaxis_lab.export.replay import bundle_metrics, replay_bundle
 from kronaxis_lab.export.runtimes import BundleRuntime, RuntimeOptions, load_runtime, reorder
@@ -595,6 +596,7 @@ def export_bundle(
     source: Mapping[str, Any] | None = None,
     token_counter: TokenCounter | None = None,
     cascade: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export `classifier_dir` (any saved classifier with `export_runtime`) to the bundle directory `out_dir`.
 
@@ -604,7 +606,8 @@ def export_bundle(
     `token_counter`: the prompt-token counter replay prices with (configs/tokenizer); None = the
     runtime's own tokenizer. `cascade`: a cascade node ({signal, pre_route, ...}, `export/cascade.py`) fitted on
     train's recorded replies and chosen on val, on top of the bundle's decision. Returns {"bundle_dir", "meta",
-    "metrics", "bundle"}.
+    "metrics", "bundle"}. `metadata`: {by, field, smoothing} — blend a request tag's per-tag rates into P̂
+    (`export/metadata.py`); the operating point is then calibrated on the blended val P̂.
     """
     s = settings or ExportSettings()
     classifier_dir, out_dir = Path(classifier_dir), Path(out_dir)
@@ -638,6 +641,10 @@ def export_bundle(
         ctx = ReplayContext(test=splits.test, fleet=fleet, train=splits.train, val=splits.val, seed=s.seed,
                             cost_model=cost_model, token_counter=counter)
         router = PolicyRouter(RuntimePredictor(runtime, "fp32", fleet.names), policy, name=f"bundle+{policy_name}")
+        tagged = None
+        if metadata:  # the operating point of tagged traffic: calibrated on the blended P̂
+            tagged, blend = fit_metadata(router.predictor, ctx, metadata)
+            router = PolicyRouter(blend, policy, name=router.name)
         op, source_kind, calib_out, warnings = operating_parameter(
             router, ctx, policy, splits, fleet, calibration, default_operating_point, s, dataset.name)
         param = float(op["param"])
@@ -672,6 +679,8 @@ def export_bundle(
         }
         if meta["governance"] is not None:
             instantiate_node(meta["governance"], "governance")  # fail now, not when the server starts
+        if tagged is not None:
+            meta["metadata"] = tagged.to_node()
         if cascade:
             staged = Bundle(stage, _clean(meta), intra_op_threads=s.intra_op_threads, batch_size=s.batch_size)
             fitted, lam = fit_cascade(staged, splits.train, splits.val, cascade)

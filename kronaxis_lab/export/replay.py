@@ -47,8 +47,13 @@ class BundlePredictor(Predictor):
                              "(same models in the same order)")
         key = tuple(mats.queries["query_id"].astype(str))
         if key not in self._cache:
-            self._cache[key] = np.asarray(self.bundle.predict_proba(mats.queries["text"].astype(str).tolist(),
-                                                                    self.variant), dtype=float)
+            P = np.asarray(self.bundle.predict_proba(mats.queries["text"].astype(str).tolist(), self.variant), float)
+            md = self.bundle.metadata
+            if md is not None:  # tagged traffic: the queries' `by` column as each request's tag (the server's blend)
+                if md.by not in mats.queries.columns:
+                    raise ValueError(f"the bundle blends the request tag {md.by!r}, which these queries lack")
+                P = md.apply(P, mats.queries[md.by].astype(str).tolist())
+            self._cache[key] = P
         return self._cache[key]
 
 

@@ -140,7 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) else None
 
     calib, dop, gov = plain("calibration"), plain("default_operating_point"), plain("governance")
-    cascade = plain("cascade")
+    cascade, metadata = plain("cascade"), plain("metadata")
     # the salt stays an ${oc.env:...} interpolation: resolved by the server at start-up, never stored in the bundle
     sticky = OmegaConf.to_container(cfg.stickiness, resolve=False) if cfg.get("stickiness") else None
     settings = ExportSettings.from_config(cfg, splits={"train": info.get("train_split", "train"),
@@ -155,7 +155,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return export_bundle(clf_dir, out / BUNDLE_SUBDIR, ds, policy_name=policy_name, policy_config=policy_node,
                          calibration=calib, default_operating_point=dop, governance=gov, stickiness=sticky,
                          reference_routers=routers, settings=settings, train_metrics=train_metrics, source=source,
-                         token_counter=counter, cascade=cascade)
+                         token_counter=counter, cascade=cascade,
+                         metadata=metadata)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")

@@ -199,20 +199,33 @@ class PriorPredictor(Predictor):
     def __init__(self, by: str | None = "task", smoothing: float = 10.0):
         self.by, self.smoothing = by, float(smoothing)
 
-    def predict(self, ctx, mats=None):
-        mats = ctx.test if mats is None else mats
+    def rates(self, ctx) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(tags, (t, m) smoothed success rate per tag and model, (m,) overall rate) learned on ctx.train."""
         tr = ctx.train
         if tr is None or tr.n == 0:
             raise ValueError("PriorPredictor needs a train split")
         overall = tr.scores.mean(axis=0)
         if not self.by:
-            return np.broadcast_to(overall, mats.scores.shape).copy()
-        g = pd.DataFrame(tr.scores).groupby(tr.queries[self.by].to_numpy())
+            return [], np.zeros((0, len(overall))), overall
+        g = pd.DataFrame(tr.scores).groupby(tr.queries[self.by].astype(str).to_numpy())
         sums, counts = g.sum(), g.size()
         rate = (sums.to_numpy() + self.smoothing * overall) / (counts.to_numpy()[:, None] + self.smoothing)
-        table = pd.DataFrame(rate, index=sums.index)
-        out = table.reindex(mats.queries[self.by].to_numpy()).to_numpy()
-        return np.where(np.isnan(out), overall[None, :], out)
+        return [str(t) for t in sums.index], rate, overall
+
+    @staticmethod
+    def lookup(tags: Sequence[str], rate: np.ndarray, overall: np.ndarray, wanted: Sequence[Any]) -> np.ndarray:
+        """(n, m) rates of the `wanted` tags (an unseen one: the overall rate)."""
+        row = {t: i for i, t in enumerate(tags)}
+        idx = np.array([row.get(str(w), -1) for w in wanted], dtype=np.int64)
+        table = np.vstack([rate, overall[None, :]]) if len(tags) else overall[None, :]
+        return table[np.where(idx < 0, len(tags), idx)].astype(float)
+
+    def predict(self, ctx, mats=None):
+        mats = ctx.test if mats is None else mats
+        tags, rate, overall = self.rates(ctx)
+        if not self.by:
+            return np.broadcast_to(overall, mats.scores.shape).copy()
+        return self.lookup(tags, rate, overall, mats.queries[self.by].astype(str).tolist())
 
 
 class MetadataBlendPredictor(Predictor):
@@ -228,7 +241,8 @@ class MetadataBlendPredictor(Predictor):
         self.weight: float | None = None
 
     @staticmethod
-    def _blend(P: np.ndarray, T: np.ndarray, w: float) -> np.ndarray:
+    def blend(P: np.ndarray, T: np.ndarray, w: float) -> np.ndarray:
+        """logit⁻¹(w · logit P + (1 − w) · logit T), both clipped to [1e-6, 1 − 1e-6]."""
         eps = 1e-6
         return expit(w * logit(np.clip(P, eps, 1 - eps)) + (1 - w) * logit(np.clip(T, eps, 1 - eps)))
 
@@ -236,14 +250,14 @@ class MetadataBlendPredictor(Predictor):
         if ctx.val is None or ctx.val.n == 0:
             raise ValueError("MetadataBlendPredictor picks its weight on val, and this replay has no val split")
         P, T = self.base.predict(ctx, ctx.val), self.tag.predict(ctx, ctx.val)
-        losses = [log_loss(self._blend(P, T, w), ctx.val.scores) for w in self.weights]
+        losses = [log_loss(self.blend(P, T, w), ctx.val.scores) for w in self.weights]
         self.weight = self.weights[int(np.argmin(losses))]
         return self.weight
 
     def predict(self, ctx, mats=None):
         mats = ctx.test if mats is None else mats
         w = self.fit_weight(ctx) if self.weight is None else self.weight
-        return self._blend(self.base.predict(ctx, mats), self.tag.predict(ctx, mats), w)
+        return self.blend(self.base.predict(ctx, mats), self.tag.predict(ctx, mats), w)
 
 
 class PolicyRouter(Router):

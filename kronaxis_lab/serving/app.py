@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kronaxis_lab.backends.base import estimate_tokens
+from kronaxis_lab.export.metadata import TAG_HEADER
 from kronaxis_lab.monitoring.live import LiveMonitor
 from kronaxis_lab.monitoring.settings import MonitorSettings
 from kronaxis_lab.serving.auth import CURRENT_KEY_ID, AuthMiddleware, KeyStore, RateLimiter, auth_enabled
@@ -277,6 +278,8 @@ class RouterService:
         self.available = np.array([n in upstreams for n in self.engine.names], dtype=bool)
         m = monitor or MonitorSettings()  # decision log + shadow evaluation (kronaxis_lab/monitoring/live.py)
         self.cascade = getattr(bundle, "cascade", None)  # export/cascade.py; a test fake bundle may have none
+        md = getattr(bundle, "metadata", None)  # export/metadata.py
+        self.tag_field = None if md is None else md.field
         self.monitor = LiveMonitor(m.decision_log, m.shadow, bundle, governance, self.engine.classify_text,
                                    self.metrics.registry, self.shadow_call, upstreams.names)
 
@@ -326,8 +329,15 @@ class RouterService:
         if token is None and isinstance(body.get("route_token"), str):
             token = body["route_token"]
         forwarded = {k: v for k, v in body.items() if k not in ("model", "route_token")}
-        return Conversation.from_messages(body.get("messages"), s.limits.max_messages, where,
+        conv = Conversation.from_messages(body.get("messages"), s.limits.max_messages, where,
                                           session_key(request, body, s.session), token, body=forwarded)
+        if self.tag_field is not None:  # the bundle blends a request tag: header first, then OpenAI `metadata`
+            tag = request.headers.get(TAG_HEADER) if request is not None else None
+            meta = body.get("metadata")
+            if tag is None and isinstance(meta, dict) and isinstance(meta.get(self.tag_field), str):
+                tag = meta[self.tag_field]
+            conv.tag = tag[:256] if tag else None
+        return conv
 
     # -- POST /v1/route: decision only -------------------------------------------------------------
     async def route(self, request: Request) -> Any:

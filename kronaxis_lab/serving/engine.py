@@ -110,6 +110,7 @@ class Conversation:
     session_key: str | None = None
     route_token: str | None = None
     body: Any = None  # what is forwarded (every field but `model`): the governance scan reads all of it
+    tag: str | None = None  # request metadata tag for a bundle that blends one (export/metadata.py)
 
     @classmethod
     def from_messages(cls, messages: Any, max_messages: int, where: str = "messages",
@@ -367,6 +368,19 @@ class RoutingEngine:
             raise
         except Exception as e:  # noqa: BLE001 - fail open (premium) or 503, per settings
             return self.fail_open(n, e)
+        md = getattr(self.bundle, "metadata", None)  # a test fake bundle may have none
+        tags = [c.tag for c in convs]
+        if md is not None and any(t is not None for t in tags):  # tagged requests: the bundle's blend, re-decided
+            try:
+                P = md.apply(P, tags)
+                rows = [i for i, t in enumerate(tags) if t is not None]
+                texts = [self.classify_text(convs[i].user_turns) for i in rows]
+                pref = np.array(pref, dtype=np.int64)
+                pref[rows] = await self.off_loop(self.choose, P[rows], texts, spec)
+            except RequestError:
+                raise
+            except Exception as e:  # noqa: BLE001 - fail open, as a classifier failure
+                return self.fail_open(n, e)
         policy, param = (self.policy_name, self.policy_param) if spec is None else (spec.name, spec.param)
         shown = param if param is None else f"{float(param):g}"
         reasons = [[f"policy {policy}({shown}) -> {self.names[pref[i]]} (P={P[i, pref[i]]:.3f})"] for i in range(n)]
