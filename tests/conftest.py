@@ -43,3 +43,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data mirror {SHARED_DATA} not present")
     return SHARED_DATA
+
+
+def in_memory_dataset(queries, outcomes, fleet, name: str):
+    """A `RoutingDataset` from in-memory queries / outcomes tables, through the real importer checks
+    (`Importer.build`). Imported here, not at the top: the offline environment above must be set first."""
+    from kronaxis_lab.data.importers.base import Importer
+
+    class InMemory(Importer):
+        def read(self, store):
+            return queries, outcomes
+
+    return InMemory(fleet=fleet, name=name).build(queries, outcomes)

@@ -29,7 +29,7 @@ from kronaxis_lab.export.schema import ExportError
 from kronaxis_lab.serving.app import create_app, sse_from_completion
 from kronaxis_lab.serving.settings import ServeSettings
 from kronaxis_lab.serving.upstreams import Upstreams
-from tests.conftest import compose
+from tests.conftest import compose, in_memory_dataset
 from tests.test_serve_replay_parity import ServerThread
 
 CHEAP_EXPORT = ["parity.n=64", "metrics.n_boot=200"]
@@ -41,8 +41,6 @@ def word_problems(n: int = 360, seed: int = 0):
     """Three templates: `sum` (the cheap model marks the right answer), `returns` (it fails 90 %: hedges
     without a marked answer, or marks a wrong number) and `share` (a coin toss the text cannot predict; it
     hedges when wrong). A pre-router can learn `returns` from the text; only the reply tells `share` apart."""
-    from kronaxis_lab.data.importers.base import Importer
-
     rng = np.random.default_rng(seed)
     things = ["apples", "eggs", "books", "coins", "pens", "cats", "boats", "cups"]
     rows, outs = [], []
@@ -71,11 +69,7 @@ def word_problems(n: int = 360, seed: int = 0):
                   "input_tokens": 40, "output_tokens": 40}]
     q, o = pd.DataFrame(rows), pd.DataFrame(outs)
 
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    return Raw(fleet=FLEET, name="word_problems").build(q, o)
+    return in_memory_dataset(q, o, FLEET, "word_problems")
 
 
 @pytest.fixture(scope="module")

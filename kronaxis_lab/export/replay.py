@@ -25,6 +25,7 @@ import numpy as np
 
 from kronaxis_lab.data.tables import RoutingDataset
 from kronaxis_lab.export.bundle import Bundle, instantiate_policy
+from kronaxis_lab.routing.cascades import threshold_grid
 from kronaxis_lab.routing.replay import ReplayResult, replay
 from kronaxis_lab.routing.routers import PolicyRouter, Predictor, ReplayContext, Router, RouteResult
 
@@ -87,11 +88,10 @@ class BundleCascadeRouter(Router):
         P = self.predictor.predict(ctx)
         pre = b.decide(P, ctx.test.queries["text"].astype(str).tolist())
         trust = cas.trust_on(ctx.test, index)
-        taus = (np.unique(np.concatenate([[-np.inf], np.quantile(trust, np.linspace(0, 1, self.num)), [np.inf]]))
-                if self.sweep else np.array([cas.threshold]))
+        taus = threshold_grid(trust, self.num) if self.sweep else np.array([cas.threshold])
         choices, extra = cas.plan(pre, trust, taus, ctx.test.costs, index)
         cascaded = pre == index[cas.first]
-        escalated = cascaded[None, :] & (choices == index[cas.second]) & (pre[None, :] != index[cas.second])
+        escalated = cascaded[None, :] & (choices != pre[None, :])
         info = {**self.info, "family": "cascade", "cascade": {
             "signal": cas.signal.name, "first": cas.first, "second": cas.second, "also_calls": cas.also_calls,
             "threshold": cas.threshold, "pre_route": cas.pre_route, "cascaded_share": float(cascaded.mean()),
@@ -102,12 +102,14 @@ class BundleCascadeRouter(Router):
                                        extra_cost=extra)}
 
 
+def _point(bundle: Bundle) -> str:
+    return f"{bundle.policy_name}@{bundle.param:.4g}"
+
+
 def bundle_router_names(bundle: Bundle) -> tuple[str, str]:
     """(sweep name, fixed-operating-point name): with a cascade, the fixed router is the cascade's."""
-    fixed = f"bundle:{bundle.policy_name}@{bundle.param:.4g}"
-    if bundle.cascade is not None:
-        fixed = f"bundle:cascade-{bundle.cascade.signal.name}:" + fixed.split(":", 1)[1]
-    return f"bundle+{bundle.policy_name}", fixed
+    cascade = "" if bundle.cascade is None else f"cascade-{bundle.cascade.signal.name}:"
+    return f"bundle+{bundle.policy_name}", f"bundle:{cascade}{_point(bundle)}"
 
 
 def bundle_routers(bundle: Bundle, variant: str | None = None) -> dict[str, Router]:
@@ -124,7 +126,7 @@ def bundle_routers(bundle: Bundle, variant: str | None = None) -> dict[str, Rout
         return out
     out[fixed] = BundleCascadeRouter(pred, fixed, info=fixed_info)
     if bundle.cascade.pre_route:
-        plain = f"bundle:{bundle.policy_name}@{bundle.param:.4g}"  # the pre-route alone, for reference
+        plain = f"bundle:{_point(bundle)}"  # the pre-route alone, for reference
         out[plain] = BundleRouter(pred, plain, info=fixed_info)
     if not bundle.cascade.signal.fixed:
         name = f"bundle+cascade-{bundle.cascade.signal.name}"

@@ -99,11 +99,14 @@ class CascadeSignal(ABC):
         sequence of replies per extra model called (`extra_models` order). The replay and the server both call
         this: it reads only what a gateway holds after the calls."""
 
+    def inputs(self, ctx: ReplayContext, mats: Matrices, first: int) -> tuple[list[str], Any, list[Any]]:
+        """(query texts, the first model's recorded replies, each extra model's) of a split."""
+        return (mats.queries["text"].astype(str).tolist(), mats.responses[:, first],
+                [mats.responses[:, j] for j in self.extra_models(ctx)])
+
     def score(self, ctx: ReplayContext, mats: Matrices, first: int) -> np.ndarray:
         """`trust` over a split's recorded replies."""
-        texts = mats.queries["text"].astype(str).tolist()
-        others = [mats.responses[:, j] for j in self.extra_models(ctx)]
-        return self.trust(texts, mats.responses[:, first], others)
+        return self.trust(*self.inputs(ctx, mats, first))
 
 
 class FormatSignal(CascadeSignal):
@@ -182,10 +185,6 @@ class VerifierSignal(CascadeSignal):
         q, r = self.q_vec.transform(queries), self.r_vec.transform(resp)
         return sparse.hstack([q, r, sparse.csr_matrix(self._flags(queries, replies, others, resp))], format="csr")
 
-    def _split_features(self, ctx, mats, first):
-        return self.features(mats.queries["text"].astype(str).tolist(), mats.responses[:, first],
-                             [mats.responses[:, j] for j in self.extra_models(ctx)])
-
     def fit(self, ctx, first):
         tr, va = ctx.train, ctx.val
         if tr is None or tr.n == 0 or tr.responses is None:
@@ -193,11 +192,11 @@ class VerifierSignal(CascadeSignal):
         self.q_vec, self.r_vec = tfidf_vectorizer(self.tfidf), tfidf_vectorizer(self.tfidf)
         self.q_vec.fit(tr.queries["text"].astype(str).tolist())
         self.r_vec.fit([("" if r is None else str(r)) for r in tr.responses[:, first]])
-        X, y = self._split_features(ctx, tr, first), tr.correct[:, first].astype(int)
+        X, y = self.features(*self.inputs(ctx, tr, first)), tr.correct[:, first].astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError("cascade verifier: the first model is always (or never) right on train; nothing to learn")
         have_val = va is not None and va.n > 0 and va.responses is not None and len(np.unique(va.correct[:, first])) > 1
-        Xv = self._split_features(ctx, va, first) if have_val else None
+        Xv = self.features(*self.inputs(ctx, va, first)) if have_val else None
         best = None
         for C in self.Cs:
             lr = LogisticRegression(C=C, max_iter=self.max_iter).fit(X, y)
@@ -214,6 +213,25 @@ class VerifierSignal(CascadeSignal):
         if self.coef is None:
             raise RuntimeError("cascade verifier: fit it (or load it from a bundle) before scoring")
         return expit(self.features(queries, replies, others) @ self.coef + self.intercept)
+
+
+def threshold_grid(trust: np.ndarray, num: int) -> np.ndarray:
+    """A threshold sweep: `num` quantiles of the trust scores, plus keep-all (−∞) and escalate-all (+∞)."""
+    return np.unique(np.concatenate([[-np.inf], np.quantile(trust, np.linspace(0, 1, num)), [np.inf]]))
+
+
+def cascade_plan(pre: np.ndarray, trust: np.ndarray, thresholds: np.ndarray, costs: np.ndarray, first: int,
+                 second: int, extras: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(choices, extra $, kept), each (k, n), per threshold τ: rows whose pre-route `pre` is `first` keep its answer
+    where trust ≥ τ, else take `second`'s; other rows keep `pre`. The extra $ are the recorded costs of the calls
+    whose answer was not returned: `extras` on every cascaded row, `first` where it escalated."""
+    cascaded = (np.asarray(pre) == first)[None, :]
+    keep = trust[None, :] >= np.asarray(thresholds, float)[:, None]
+    choices = np.where(cascaded & ~keep, second, np.asarray(pre)[None, :]).astype(np.int32)
+    extras = list(extras)
+    always = costs[:, extras].sum(axis=1) if extras else np.zeros(len(pre))
+    extra = np.where(cascaded, always[None, :] + np.where(keep, 0.0, costs[:, first][None, :]), 0.0)
+    return choices, extra, keep
 
 
 def second_cheapest(ctx: ReplayContext, name: str | None) -> int:
@@ -281,16 +299,11 @@ class CascadeRouter(Router):
     @staticmethod
     def _plan(mats: Matrices, s: np.ndarray, thresholds: np.ndarray, first: int, second: int,
               extras: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(choices, extra $, kept) per threshold: keep `first`'s answer where s ≥ τ, else `second`'s; the extra $
-        are the calls not returned — `extras` always, `first` when it escalated."""
-        keep = s[None, :] >= thresholds[:, None]  # (k, n)
-        always = mats.costs[:, extras].sum(axis=1) if extras else np.zeros(mats.n)
-        choices = np.where(keep, first, second).astype(np.int32)
-        return choices, always[None, :] + np.where(keep, 0.0, mats.costs[:, first][None, :]), keep
+        """`cascade_plan` with every query sent to `first`."""
+        return cascade_plan(np.full(mats.n, first), s, thresholds, mats.costs, first, second, extras)
 
     def _thresholds(self, s: np.ndarray) -> np.ndarray:
-        """The sweep: `num` quantiles of the scores, plus keep-all (−∞) and escalate-all (+∞)."""
-        return np.unique(np.concatenate([[-np.inf], np.quantile(s, np.linspace(0, 1, self.num)), [np.inf]]))
+        return threshold_grid(s, self.num)
 
     def _val_threshold(self, ctx: ReplayContext, first: int, second: int, needs: list[int]) -> float | None:
         """The threshold a deployment would ship: on val, the cheapest point at ≥ 95 % of premium accuracy."""

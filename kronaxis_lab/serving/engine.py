@@ -220,6 +220,7 @@ class RoutingEngine:
                  stickiness_factory: Callable[[str], StickinessGuard] | None, settings: ServeSettings,
                  policies: Mapping[str, Any] | None = None, metrics: RouterMetrics | None = None) -> None:
         self.bundle, self.governance, self.settings, self.metrics = bundle, governance, settings, metrics
+        self.metadata = getattr(bundle, "metadata", None)  # export/metadata.py; a test fake bundle may have none
         self.scanner = BodyScanner(governance)
         self.names: list[str] = [str(n) for n in bundle.model_names]
         fleet = bundle.fleet
@@ -368,8 +369,7 @@ class RoutingEngine:
             raise
         except Exception as e:  # noqa: BLE001 - fail open (premium) or 503, per settings
             return self.fail_open(n, e)
-        md = getattr(self.bundle, "metadata", None)  # a test fake bundle may have none
-        tags = [c.tag for c in convs]
+        md, tags = self.metadata, [c.tag for c in convs]
         if md is not None and any(t is not None for t in tags):  # tagged requests: the bundle's blend, re-decided
             try:
                 P = md.apply(P, tags)
