@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kronaxis_lab.classifiers.base import ClassifierLoadError, load_classifier
+from kronaxis_lab.classifiers.base import ClassifierInputError, ClassifierLoadError, load_classifier
 from kronaxis_lab.classifiers.distill import StudentTierPredictor, distill
 from kronaxis_lab.classifiers.heads import cumulative_targets, logits_to_proba
 from kronaxis_lab.classifiers.tier_predictor import (
@@ -343,3 +343,88 @@ def test_real_minilm_fine_tunes(tmp_path):
     assert P[hard, 0].mean() < P[~hard, 0].mean()
     out = clf.save_pretrained(tmp_path / "minilm")
     assert (Path(out) / "hf" / "model.safetensors").is_file()
+
+
+# -- mean pooling and the multi-task head (pooled_head.PooledTierModel) ------------------------------------
+def _task_of(queries):
+    return ["proof" if "prove" in q else "calculus" if "integral" in q else "chat" for q in queries]
+
+
+@pytest.fixture(scope="module")
+def mean_pooled(tiny_bert) -> TierPredictor:
+    return _tp(tiny_bert, pooling="mean").fit(TRAIN_Q, TRAIN_Y, NAMES)
+
+
+def test_mean_pooling_learns_saves_and_exports(mean_pooled, tmp_path):
+    import onnxruntime as ort
+
+    from kronaxis_lab.classifiers.pooled_head import HEAD_FILE, PooledTierModel
+
+    assert isinstance(mean_pooled.model_, PooledTierModel) and mean_pooled.model_.pooling == "mean"
+    P = mean_pooled.predict_proba(TEST_Q)
+    hard = _hard_mask(TEST_Q)
+    assert P[hard, 0].max() < P[~hard, 0].min()  # held-out topics: every hard query below every easy one
+    out = mean_pooled.save_pretrained(tmp_path / "mean")
+    assert (out / "hf" / HEAD_FILE).is_file() and json.loads((out / "hf" / "config.json").read_text())[
+        "kronaxis_pooling"] == "mean"
+    loaded = load_classifier(out)
+    assert isinstance(loaded.model_, PooledTierModel) and loaded.pooling == "mean"
+    np.testing.assert_array_equal(loaded.predict_proba(TEST_Q), P)
+    node = loaded.export_runtime(tmp_path / "node", sample_texts=TEST_Q[:4])
+    sess = ort.InferenceSession(str(tmp_path / "node" / node["files"]["onnx_fp32"]))
+    enc = loaded.tokenizer_(TEST_Q, truncation=True, max_length=32, padding=True, return_tensors="np")
+    z = sess.run(None, {n: enc[n].astype(np.int64) for n in node["onnx"]["inputs"]})[0]
+    # the graph pools over the mask: padded rows give the same logits as the unpadded ones predict_logits runs
+    np.testing.assert_allclose(z, loaded.predict_logits(TEST_Q), atol=1e-4)
+
+
+def test_mean_pool_ignores_padding():
+    import torch
+
+    from kronaxis_lab.classifiers.pooled_head import mean_pool
+
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert mean_pool(h, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
+    assert mean_pool(h, torch.tensor([[0, 0, 0]])).tolist() == [[0.0, 0.0]]  # no token: zeros, not NaN
+
+
+def test_multi_task_head_learns_tasks_and_is_training_only(tiny_bert, tmp_path):
+    import torch
+
+    from kronaxis_lab.classifiers.pooled_head import mean_pool
+
+    tp = _tp(tiny_bert, pooling="mean", aux_task_weight=1.0)
+    assert tp.task_labels_column() == "task" and _tp(tiny_bert).task_labels_column() is None
+    with pytest.raises(ClassifierInputError, match="tasks has 3 labels"):
+        tp.fit(TRAIN_Q, TRAIN_Y, NAMES, tasks=["a", "b", "c"])
+    tp.fit(TRAIN_Q, TRAIN_Y, NAMES, tasks=_task_of(TRAIN_Q))
+    assert tp.aux_tasks_ == ["calculus", "chat", "proof"] and tp.model_.task_head.out_features == 3
+    # the auxiliary head was trained: it tells the three tasks apart on held-out topics
+    enc = tp.tokenizer_(TEST_Q, truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = mean_pool(tp.model_.encoder(**enc).last_hidden_state, enc["attention_mask"])
+        pred = tp.model_.task_head(h).argmax(1).tolist()
+    assert [tp.aux_tasks_[k] for k in pred] == _task_of(TEST_Q)
+    P = tp.predict_proba(TEST_Q)
+    hard = _hard_mask(TEST_Q)
+    assert P[hard, 0].mean() < P[~hard, 0].mean() - 0.4
+    loaded = load_classifier(tp.save_pretrained(tmp_path / "mtl"))
+    assert loaded.model_.task_head is None  # not saved, not exported, never used to route
+    np.testing.assert_array_equal(loaded.predict_proba(TEST_Q), P)
+
+
+def test_multi_task_without_labels_trains_the_routing_head_alone(tiny_bert, caplog):
+    tp = _tp(tiny_bert, pooling="cls", aux_task_weight=0.5).fit(TRAIN_Q, TRAIN_Y, NAMES)
+    assert "no task labels" in caplog.text and tp.aux_tasks_ == []
+    assert type(tp.model_).__name__ == "BertForSequenceClassification"  # nothing to add: the stock model
+
+
+def test_loss_adds_the_auxiliary_loss_only_when_asked():
+    import torch
+
+    z, labels = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    out = {"logits": z, "aux_loss": torch.tensor(0.25)}
+    base = float(make_loss("bce")(out, labels))
+    assert base == pytest.approx(np.log(2), rel=1e-6)
+    assert float(make_loss("bce", aux=True)(out, labels)) == pytest.approx(base + 0.25, rel=1e-6)
+    assert float(make_loss("bce", aux=True)({"logits": z}, labels)) == pytest.approx(base, rel=1e-6)

@@ -19,6 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 
 HEADS = ("multilabel", "ordinal")
+#: the tier predictor's `pooling` values: "cls" = the stock HF sequence classifier; "mean" (and any multi-task
+#: network) = pooled_head.PooledTierModel, whose routing head is saved as this file beside the encoder
+POOLINGS = ("cls", "mean")
+POOLED_HEAD_FILE = "kronaxis_head.safetensors"
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

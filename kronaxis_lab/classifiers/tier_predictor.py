@@ -48,23 +48,35 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import numpy as np
 import yaml
 
 from kronaxis_lab.classifiers._common import resolve_config_path
 from kronaxis_lab.classifiers.base import (
     Classifier,
+    ClassifierInputError,
     ClassifierLoadError,
     FitInputs,
     as_queries,
     check_fit_inputs,
     to_plain,
 )
-from kronaxis_lab.classifiers.heads import HEADS, cumulative_targets, logits_to_proba, order_by_cost
+from kronaxis_lab.classifiers.heads import (
+    HEADS,
+    POOLED_HEAD_FILE,
+    POOLINGS,
+    cumulative_targets,
+    logits_to_proba,
+    order_by_cost,
+)
 from kronaxis_lab.export.formats import save_tokenizer
 from kronaxis_lab.export.onnx_export import MIN_OPSET, export_onnx
 from kronaxis_lab.export.schema import ExportError
 from kronaxis_lab.local_models import resolve_model
+
+log = logging.getLogger(__name__)
 
 # HEADS / cumulative_targets / logits_to_proba live in heads.py (numpy only); re-exported for older importers
 __all__ = ["TierPredictor", "HEADS", "cumulative_targets", "logits_to_proba", "default_training_args",
@@ -105,6 +117,11 @@ class TierPredictor(Classifier):
             None = the system temp dir).
         device: "cpu", "cuda", ...; None picks CUDA when available.
         show_progress: tqdm progress bars for training and large predictions.
+        pooling: "cls" (the stock HF sequence classifier: pooler over CLS) or "mean" (masked mean of the last
+            hidden states, `pooled_head.PooledTierModel`).
+        aux_task_weight: > 0 makes it multi-task: an auxiliary head predicts the train queries' `task_column`
+            label (cross-entropy × this weight) beside the routing head; training only, never used to route.
+        task_column: the queries-table column of those labels (`task_labels_column`).
     """
 
     def __init__(
@@ -127,6 +144,9 @@ class TierPredictor(Classifier):
         output_dir: str | None = None,
         device: str | None = None,
         show_progress: bool = True,
+        pooling: str = "cls",
+        aux_task_weight: float = 0.0,
+        task_column: str = "task",
     ):
         self.base_model = base_model
         self.base_model_fallback = base_model_fallback
@@ -146,6 +166,12 @@ class TierPredictor(Classifier):
         self.output_dir = output_dir
         self.device = device
         self.show_progress = show_progress
+        self.pooling = pooling
+        self.aux_task_weight = aux_task_weight
+        self.task_column = task_column
+
+    def task_labels_column(self) -> str | None:
+        return self.task_column if self.aux_task_weight > 0 else None
 
     # -- training ----------------------------------------------------------------------------------
     def fit(
@@ -157,15 +183,30 @@ class TierPredictor(Classifier):
         val_targets: np.ndarray | None = None,
         *,
         model_costs: Mapping[str, float] | Sequence[float] | None = None,
+        tasks: Sequence[Any] | None = None,
     ) -> "TierPredictor":
         """Fine-tune on `targets[i, j]` ∈ [0, 1] (NaN = unobserved, masked); `model_costs` (optional)
-        overrides the constructor's."""
+        overrides the constructor's; `tasks`: one label per train query for the auxiliary task head
+        (`aux_task_weight` > 0; ignored otherwise)."""
         data = check_fit_inputs(queries, targets, model_names, val_queries, val_targets)
-        return self._fit(data, head=self.head, model_costs=model_costs if model_costs is not None else self.model_costs)
+        if tasks is not None and len(tasks) != len(data.queries):
+            raise ClassifierInputError(f"tasks has {len(tasks)} labels for {len(data.queries)} queries")
+        return self._fit(data, head=self.head, model_costs=model_costs if model_costs is not None else self.model_costs,
+                         tasks=tasks)
 
-    def _fit(self, data: FitInputs, *, head: str, model_costs) -> "TierPredictor":
+    def _fit(self, data: FitInputs, *, head: str, model_costs, tasks: Sequence[Any] | None = None) -> "TierPredictor":
         """Train on validated inputs with the given head and costs (the student passes its teacher's)."""
         queries, targets, model_names, val_queries, val_targets = data
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        task_ids, self.aux_tasks_ = None, []
+        if self.aux_task_weight > 0:
+            if tasks is None:
+                log.warning("tier predictor: aux_task_weight=%g but fit got no task labels (no '%s' column): "
+                            "training without the auxiliary task head", self.aux_task_weight, self.task_column)
+            else:
+                names, task_ids = np.unique(np.asarray(tasks, dtype=object).astype(str), return_inverse=True)
+                self.aux_tasks_ = [str(t) for t in names]
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got '{head}'")
         if self.loss not in LOSSES:
@@ -179,9 +220,11 @@ class TierPredictor(Classifier):
 
         args_dict = self.resolved_training_args()
         if val_queries is None and self.val_fraction > 0:
-            queries, targets, val_queries, val_targets = _split(
-                queries, targets, self.val_fraction, int(args_dict.get("seed", 0))
-            )
+            keep, held = _split_index(len(queries), self.val_fraction, int(args_dict.get("seed", 0)))
+            if held is not None:
+                val_queries, val_targets = [queries[i] for i in held], targets[held]
+                queries, targets = [queries[i] for i in keep], targets[keep]
+                task_ids = None if task_ids is None else task_ids[keep]
 
         if head == "ordinal":
             targets = cumulative_targets(targets, tier_order)
@@ -190,7 +233,7 @@ class TierPredictor(Classifier):
         self.head_, self.tier_order_ = head, tier_order
         self.model_costs_ = None if costs is None else dict(zip(model_names, map(float, costs)))
         self.model_names_ = model_names
-        self._train(queries, targets, val_queries, val_targets, args_dict)
+        self._train(queries, targets, val_queries, val_targets, args_dict, task_ids)
         return self
 
     def resolved_training_args(self) -> dict[str, Any]:
@@ -204,6 +247,19 @@ class TierPredictor(Classifier):
 
         path = resolve_model(self.base_model, self.base_model_fallback)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        n_tasks = len(getattr(self, "aux_tasks_", []))
+        if self.pooling != "cls" or n_tasks:
+            from transformers import AutoModel
+
+            from kronaxis_lab.classifiers.pooled_head import PooledTierModel
+
+            model = PooledTierModel(AutoModel.from_pretrained(path), len(model_names), self.pooling, n_tasks,
+                                    self.aux_task_weight)
+            model.config.id2label = dict(enumerate(model_names))
+            model.config.label2id = {m: i for i, m in enumerate(model_names)}
+            if self.num_layers is not None:
+                keep_layers(model, select_layers(n_encoder_layers(model), self.num_layers))
+            return model, tokenizer
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=len(model_names),
@@ -215,7 +271,7 @@ class TierPredictor(Classifier):
             keep_layers(model, select_layers(n_encoder_layers(model), self.num_layers))
         return model, tokenizer
 
-    def _train(self, queries, targets, val_queries, val_targets, args_dict) -> None:
+    def _train(self, queries, targets, val_queries, val_targets, args_dict, task_ids=None) -> None:
         from datasets import Dataset
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
@@ -229,12 +285,15 @@ class TierPredictor(Classifier):
         def tokenize(batch):
             return tokenizer(batch["text"], truncation=True, max_length=self.max_length)
 
-        def dataset(texts, y):
+        def dataset(texts, y, tasks=None):
             labels = np.where(np.isnan(y), MISSING_LABEL, y).astype(np.float32)
-            ds = Dataset.from_dict({"text": list(texts), "labels": labels.tolist()})
+            cols = {"text": list(texts), "labels": labels.tolist()}
+            if tasks is not None:  # the auxiliary head's targets: train only, so val loss = routing loss
+                cols["task_ids"] = [int(t) for t in tasks]
+            ds = Dataset.from_dict(cols)
             return ds.map(tokenize, batched=True, remove_columns=["text"], desc="tokenize")
 
-        train_ds = dataset(queries, targets)
+        train_ds = dataset(queries, targets, task_ids)
         eval_ds = None
         if val_queries is not None and len(val_queries):
             eval_ds = dataset(val_queries, val_targets)
@@ -265,7 +324,7 @@ class TierPredictor(Classifier):
                 train_dataset=train_ds,
                 eval_dataset=eval_ds,
                 data_collator=DataCollatorWithPadding(tokenizer),
-                compute_loss_func=make_loss(self.loss, self._pos_weight(targets)),
+                compute_loss_func=make_loss(self.loss, self._pos_weight(targets), aux=task_ids is not None),
                 callbacks=callbacks,
             )
             trainer.train()
@@ -352,7 +411,10 @@ class TierPredictor(Classifier):
         if not hasattr(self, "model_"):
             raise ValueError(f"cannot save an unfitted {type(self).__name__}")
         hf = directory / HF_SUBDIR
-        self.model_.save_pretrained(hf)
+        if hasattr(self.model_, "encoder") and hasattr(self.model_, "pooling"):  # pooled_head.PooledTierModel
+            self.model_.save(hf)
+        else:
+            self.model_.save_pretrained(hf)
         self.tokenizer_.save_pretrained(hf)
         if getattr(self, "train_log_", None):
             (directory / TRAIN_LOG_FILE).write_text(json.dumps(self.train_log_, indent=1))
@@ -365,12 +427,18 @@ class TierPredictor(Classifier):
             raise FileNotFoundError(f"{hf / 'config.json'} (the saved HF model) is missing")
         try:
             tokenizer = AutoTokenizer.from_pretrained(hf)
-            model = AutoModelForSequenceClassification.from_pretrained(hf)
+            if (hf / POOLED_HEAD_FILE).is_file():
+                from kronaxis_lab.classifiers.pooled_head import PooledTierModel
+
+                model = PooledTierModel.load(hf)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(hf)
         except (OSError, ValueError) as e:
             raise ClassifierLoadError(f"{hf}: cannot load the saved HF model/tokenizer: {e}") from e
-        if model.config.num_labels != len(self.model_names_):
+        n_out = getattr(model, "num_labels", None) or model.config.num_labels
+        if n_out != len(self.model_names_):
             raise ClassifierLoadError(
-                f"{hf}: the model has {model.config.num_labels} outputs but classifier.json lists "
+                f"{hf}: the model has {n_out} outputs but classifier.json lists "
                 f"{len(self.model_names_)} models"
             )
         head = self.head
@@ -426,13 +494,14 @@ def default_training_args() -> dict[str, Any]:
     return dict(_training_defaults())
 
 
-def make_loss(kind: str = "bce", pos_weight: np.ndarray | None = None):
+def make_loss(kind: str = "bce", pos_weight: np.ndarray | None = None, aux: bool = False):
     """A `Trainer(compute_loss_func=...)` callable: BCE-with-logits on soft targets, or MSE on σ(z).
 
     Entries labelled MISSING_LABEL (NaN targets: unobserved) are masked out. The sum is divided by
     `num_items_in_batch` (observed label entries over the accumulated batch: the Trainer counts labels
     other than -100) when the Trainer gives it, else by this batch's observed entries, so gradient
-    accumulation and multi-device training weigh every observed entry equally.
+    accumulation and multi-device training weigh every observed entry equally. `aux`: add the model's
+    `aux_loss` output when it has one (the multi-task head's weighted cross-entropy, `pooled_head.py`).
     """
     import torch
     import torch.nn.functional as F
@@ -451,7 +520,9 @@ def make_loss(kind: str = "bce", pos_weight: np.ndarray | None = None):
             per_entry = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")
         total = (per_entry * observed).sum()
         denom = observed.sum() if num_items_in_batch is None else num_items_in_batch
-        return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+        loss = total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+        extra = outputs.get("aux_loss") if aux and isinstance(outputs, Mapping) else None
+        return loss if extra is None else loss + extra.to(loss.dtype)
 
     return loss_fn
 
@@ -523,14 +594,13 @@ def _resolve_costs(model_costs, model_names: Sequence[str]) -> np.ndarray:
     return arr
 
 
-def _split(queries, targets, fraction: float, seed: int):
-    n = len(queries)
+def _split_index(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train rows, early-stopping rows): a seeded `fraction` held out; None when too small to split."""
     n_val = int(round(fraction * n))
     if n_val < 1 or n - n_val < 1:
-        return queries, targets, None, None  # too small to split: train on everything, no early stopping
+        return np.arange(n), None  # too small to split: train on everything, no early stopping
     perm = np.random.default_rng(seed).permutation(n)
-    val, tr = perm[:n_val], perm[n_val:]
-    return [queries[i] for i in tr], targets[tr], [queries[i] for i in val], targets[val]
+    return perm[n_val:], perm[:n_val]
 
 
 def _cuda_wanted(device: str | None) -> bool:
