@@ -428,3 +428,59 @@ def test_loss_adds_the_auxiliary_loss_only_when_asked():
     assert base == pytest.approx(np.log(2), rel=1e-6)
     assert float(make_loss("bce", aux=True)(out, labels)) == pytest.approx(base + 0.25, rel=1e-6)
     assert float(make_loss("bce", aux=True)({"logits": z}, labels)) == pytest.approx(base, rel=1e-6)
+
+
+# -- head+tail truncation (formats.head_tail_keep): training and the bundle's tokenizer cut alike -------------
+def test_head_tail_keep_positions():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from kronaxis_lab.export.formats import head_tail_keep
+
+    assert head_tail_keep([1, 0, 0, 1], 8, 2) is None  # fits
+    assert head_tail_keep([1] + [0] * 10 + [1], 6, 1) == [0, 1, 8, 9, 10, 11]
+    with pytest.raises(ValueError, match="no room"):
+        head_tail_keep([1, 1, 0, 0, 1, 1], 4, 1)
+
+    @given(n=st.integers(3, 300), max_length=st.integers(3, 64), head=st.integers(0, 80))
+    def check(n, max_length, head):
+        mask = [1] + [0] * (n - 2) + [1]
+        keep = head_tail_keep(mask, max_length, head)
+        if n <= max_length:
+            assert keep is None
+            return
+        assert len(keep) == max_length and keep == sorted(set(keep))
+        assert keep[0] == 0 and keep[-1] == n - 1  # both special tokens stay
+        h = min(head, max_length - 2)
+        assert keep[1:1 + h] == list(range(1, 1 + h))  # the head, then the end of the text
+        assert keep[1 + h:] == list(range(n - (max_length - 1 - h), n))
+
+    check()
+
+
+def test_head_tail_truncation_trains_and_matches_the_bundle_tokenizer(tiny_bert, tmp_path):
+    from kronaxis_lab.export.runtimes import BundleTokenizer
+
+    filler = " ".join(["the same shared demonstration text"] * 12)
+    q = [f"{filler} {t}" for t in TRAIN_Q]  # every query starts with the same 60 words: the right side is lost
+    # 16 tokens: right truncation keeps 14 of the prefix; head+tail 4 of it and the last 10 (the question)
+    tp = _tp(tiny_bert, truncation_side="head_tail", head_tokens=4, max_length=16)
+    right = _tp(tiny_bert, max_length=16).fit(q, TRAIN_Y, NAMES)
+    tp.fit(q, TRAIN_Y, NAMES)
+    test_q = [f"{filler} {t}" for t in TEST_Q]
+    hard = _hard_mask(TEST_Q)
+    P, R = tp.predict_proba(test_q), right.predict_proba(test_q)
+    assert P[hard, 0].max() < P[~hard, 0].min()  # head+tail sees the question
+    assert np.ptp(R[:, 0]) < 0.05  # right truncation sees only the shared prefix: one answer for all
+    node = tp.export_runtime(tmp_path / "node", sample_texts=test_q[:2])
+    assert node["tokenizer"]["head_tail"] == 4
+    bt = BundleTokenizer.from_node(tmp_path / "node", node)
+    want = tp.encode(tp.tokenizer_, test_q, pad_to="np")
+    got, counts = bt.encode_with_counts(test_q)
+    for k in node["onnx"]["inputs"]:
+        np.testing.assert_array_equal(got[k], want[k])
+    assert got["input_ids"].shape[1] == 16
+    full = [len(tp.tokenizer_(t, add_special_tokens=False)["input_ids"]) for t in test_q]
+    np.testing.assert_array_equal(counts, full)  # the cost model's prompt tokens: the whole text
+    loaded = load_classifier(tp.save_pretrained(tmp_path / "ht"))
+    np.testing.assert_array_equal(loaded.predict_proba(test_q), P)

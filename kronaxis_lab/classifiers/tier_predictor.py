@@ -71,7 +71,7 @@ from kronaxis_lab.classifiers.heads import (
     logits_to_proba,
     order_by_cost,
 )
-from kronaxis_lab.export.formats import save_tokenizer
+from kronaxis_lab.export.formats import head_tail_keep, save_tokenizer
 from kronaxis_lab.export.onnx_export import MIN_OPSET, export_onnx
 from kronaxis_lab.export.schema import ExportError
 from kronaxis_lab.local_models import resolve_model
@@ -90,6 +90,7 @@ TRAINING_DEFAULTS_FILE = "configs/classifier/tier_predictor.yaml"
 #: label value of an unobserved (NaN) target in the HF dataset: the Trainer's ignore index, so the
 #: `num_items_in_batch` it passes to the loss counts observed entries only
 MISSING_LABEL = -100.0
+TRUNCATION_SIDES = ("right", "left", "head_tail")
 # pos_weight="balanced" uses neg/pos per model, clipped so a model that (almost) never fails cannot blow up the loss
 MAX_POS_WEIGHT = 10.0
 
@@ -103,6 +104,9 @@ class TierPredictor(Classifier):
         head: "multilabel" or "ordinal".
         loss: "bce" (BCE-with-logits on soft targets) or "mse" (on σ(z), for regression-like soft scores).
         max_length: tokens kept per query (truncation side: `truncation_side`).
+        truncation_side: "right" (keep the start), "left" (keep the end) or "head_tail" (keep the first
+            `head_tokens` and the end: `formats.head_tail_keep`; for long few-shot prompts).
+        head_tokens: head tokens kept by "head_tail" truncation (the rest of `max_length` is the tail).
         training_args: `transformers.TrainingArguments` fields, merged over `default_training_args()`.
         early_stopping_patience: epochs (evaluations) without a better validation loss before stopping.
         val_fraction: share of the train set split off (with `training_args.seed`) for early stopping when
@@ -146,6 +150,7 @@ class TierPredictor(Classifier):
         show_progress: bool = True,
         pooling: str = "cls",
         aux_task_weight: float = 0.0,
+        head_tokens: int = 32,
         task_column: str = "task",
     ):
         self.base_model = base_model
@@ -168,6 +173,7 @@ class TierPredictor(Classifier):
         self.show_progress = show_progress
         self.pooling = pooling
         self.aux_task_weight = aux_task_weight
+        self.head_tokens = head_tokens
         self.task_column = task_column
 
     def task_labels_column(self) -> str | None:
@@ -199,6 +205,8 @@ class TierPredictor(Classifier):
         queries, targets, model_names, val_queries, val_targets = data
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
         task_ids, self.aux_tasks_ = None, []
         if self.aux_task_weight > 0:
             if tasks is None:
@@ -278,12 +286,13 @@ class TierPredictor(Classifier):
         seed = int(args_dict.get("seed", 0))
         set_seed(seed)  # the fresh head is initialised here, before the Trainer seeds anything
         model, tokenizer = self._build_model(self.model_names_)
-        tokenizer.truncation_side = self.truncation_side
+        # head_tail cuts after encoding (`encode`); the HF tokenizer itself only knows left and right
+        tokenizer.truncation_side = "right" if self.truncation_side == "head_tail" else self.truncation_side
         self._freeze(model)
         self._annotate_config(model)
 
         def tokenize(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=self.max_length)
+            return self.encode(tokenizer, batch["text"])
 
         def dataset(texts, y, tasks=None):
             labels = np.where(np.isnan(y), MISSING_LABEL, y).astype(np.float32)
@@ -391,12 +400,24 @@ class TierPredictor(Classifier):
         with torch.inference_mode():
             for s in bar:
                 idx = order[s : s + bs]
-                enc = self.tokenizer_(
-                    [texts[i] for i in idx], truncation=True, max_length=self.max_length,
-                    padding=True, return_tensors="pt",
-                ).to(device)
+                enc = self.encode(self.tokenizer_, [texts[i] for i in idx], pad_to="pt").to(device)
                 out[idx] = model(**enc).logits.float().cpu().numpy()
         return out
+
+    def encode(self, tokenizer, texts: Sequence[str], pad_to: str | None = None):
+        """`tokenizer(texts, truncation=True, max_length=...)` with this predictor's truncation (head+tail cut
+        here, as the bundle's `BundleTokenizer` cuts); `pad_to`: padded tensors of that type ("pt", "np")."""
+        if self.truncation_side != "head_tail":
+            kw = {"padding": True, "return_tensors": pad_to} if pad_to else {}
+            return tokenizer(list(texts), truncation=True, max_length=self.max_length, **kw)
+        enc = tokenizer(list(texts), truncation=False, return_special_tokens_mask=True, verbose=False)
+        special = enc.pop("special_tokens_mask")
+        for i, mask in enumerate(special):
+            keep = head_tail_keep(mask, self.max_length, self.head_tokens)
+            if keep is not None:
+                for k in enc:
+                    enc[k][i] = [enc[k][i][j] for j in keep]
+        return tokenizer.pad(enc, padding=True, return_tensors=pad_to) if pad_to else enc
 
     # -- persistence -------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -469,6 +490,8 @@ class TierPredictor(Classifier):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tok = save_tokenizer(self.tokenizer_, directory / "tokenizer")
+        if self.truncation_side == "head_tail":
+            tok["head_tail"] = int(self.head_tokens)
         info = export_onnx(self, directory / "model.onnx", opset=opset, sample_texts=sample_texts)
         return {"kind": "kronaxis_lab.export.runtimes.OnnxTransformerRuntime", "label_order": list(self.model_names_),
                 "head": self.head_, "tier_order": [self.model_names_[k] for k in self.tier_order_],

@@ -17,8 +17,8 @@ import numpy as np
 from kronaxis_lab.export.onnx_export import MIN_OPSET, export_graph
 from kronaxis_lab.export.schema import ExportError
 
-__all__ = ["POOLING", "export_sentence_encoder", "load_arrays", "load_tfidf_vectorizer", "save_arrays",
-           "save_tfidf_vectorizer", "save_tokenizer"]
+__all__ = ["POOLING", "export_sentence_encoder", "head_tail_keep", "load_arrays", "load_tfidf_vectorizer",
+           "save_arrays", "save_tfidf_vectorizer", "save_tokenizer"]
 
 #: sentence-transformers pooling modes the numpy encoder reproduces
 POOLING = ("mean", "cls", "max")
@@ -42,6 +42,24 @@ def save_arrays(path: str | Path, **arrays: Any) -> str:
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def head_tail_keep(special_mask: Sequence[int], max_length: int, head: int) -> list[int] | None:
+    """Head+tail truncation of one encoded text (special tokens included): the positions kept, or None when it
+    fits in `max_length`. Keeps the leading special tokens, the first `head` content tokens, the last
+    `max_length - head - specials` content tokens and the trailing special tokens (Sun et al. 2019, "How to
+    Fine-Tune BERT for Text Classification"): a few-shot prompt keeps its instruction and its final question,
+    where right truncation keeps only the shared demonstrations. Training and the bundle runtime both cut here."""
+    n = len(special_mask)
+    if n <= max_length:
+        return None
+    lead = next((i for i, s in enumerate(special_mask) if not s), n)
+    trail = next((i for i, s in enumerate(reversed(special_mask)) if not s), n)
+    room = max_length - lead - trail
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text beside {lead + trail} special tokens")
+    h = min(max(int(head), 0), room)
+    return [*range(lead + h), *range(n - trail - (room - h), n)]
 
 
 def save_tokenizer(tokenizer, directory: str | Path) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from kronaxis_lab.classifiers.cluster_prior import soft_assign
 from kronaxis_lab.classifiers.heads import HEADS, logits_to_proba, sigmoid
 from kronaxis_lab.classifiers.knn_intent import ExactIndex, neighbour_average
 from kronaxis_lab.classifiers.rules import RuleRouter
-from kronaxis_lab.export.formats import POOLING, load_arrays, load_tfidf_vectorizer
+from kronaxis_lab.export.formats import POOLING, head_tail_keep, load_arrays, load_tfidf_vectorizer
 from kronaxis_lab.export.schema import RUNTIME_PACKAGE, VARIANT_FILES, BundleError, tree_variants
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,31 @@ def kind_of(cls: type) -> str:
 
 
 # -- tokenizer and ONNX graphs ----------------------------------------------------------------------
+@dataclass
+class _Encoding:
+    """A head+tail-cut encoding: the fields of `tokenizers.Encoding` that `BundleTokenizer.pad` reads."""
+
+    ids: list[int]
+    attention_mask: list[int]
+    type_ids: list[int]
+
+
 class BundleTokenizer:
     """Batch tokenizer reproducing the HF tokenizer call `tok(texts, truncation=True, max_length=L, padding=True)`
     (pad to the longest text of the batch).
 
     Uses the Rust `tokenizers` library on tokenizer.json directly (no transformers import; about half the time
     of the transformers call, benchmarks/routing_latency.md); falls back to `transformers.AutoTokenizer` for
-    tokenizers without a tokenizer.json.
+    tokenizers without a tokenizer.json. `head_tail` (the node's tokenizer.head_tail, a number of head tokens):
+    head+tail truncation instead (`formats.head_tail_keep`, as the tier predictor trained).
     """
 
     def __init__(self, directory: str | Path, max_length: int, truncation_side: str = "right",
                  pad_token: str | None = None, pad_id: int = 0, pad_type_id: int = 0,
-                 input_names: Sequence[str] = ("input_ids", "attention_mask")):
+                 input_names: Sequence[str] = ("input_ids", "attention_mask"), head_tail: int | None = None):
         self.directory, self.max_length = Path(directory), int(max_length)
         self.truncation_side, self.input_names = truncation_side, list(input_names)
+        self.head_tail = None if head_tail is None else int(head_tail)
         self.pad_token, self.pad_id, self.pad_type_id = pad_token, int(pad_id), int(pad_type_id)
         tj = self.directory / "tokenizer.json"
         self._hf = None
@@ -133,6 +144,8 @@ class BundleTokenizer:
                                      pad_token=self.pad_token or "[PAD]")
             self._tok_ragged = Tokenizer.from_file(str(tj))  # truncation without padding: `tokenize`
             self._tok_ragged.enable_truncation(self.max_length, direction=self.truncation_side)
+            if self.head_tail is not None:  # cut after encoding the whole text (`_cut`)
+                self._tok_ragged.no_truncation()
             self._tok_ragged.no_padding()
             self._counter = Tokenizer.from_file(str(tj))
             self._counter.no_truncation()
@@ -150,9 +163,12 @@ class BundleTokenizer:
     def from_node(cls, directory: Path, node: Mapping[str, Any]) -> "BundleTokenizer":
         """The tokenizer of a graph node: files.tokenizer, max_length, tokenizer settings, onnx.inputs."""
         tk = node.get("tokenizer") or {}
+        head_tail = tk.get("head_tail")
+        if head_tail is not None and (isinstance(head_tail, bool) or not isinstance(head_tail, int) or head_tail < 0):
+            raise BundleError(f"{directory}: tokenizer.head_tail must be a number of head tokens ≥ 0, got {head_tail!r}")
         return cls(directory / node["files"]["tokenizer"], int(node["max_length"]), tk.get("truncation_side", "right"),
                    tk.get("pad_token"), int(tk.get("pad_id", 0)), int(tk.get("pad_type_id", 0)),
-                   [str(x) for x in node["onnx"]["inputs"]])
+                   [str(x) for x in node["onnx"]["inputs"]], head_tail)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """int64 arrays (n, longest) for each ONNX input name."""
@@ -169,17 +185,35 @@ class BundleTokenizer:
         graph (special tokens included, ≤ max_length), full token count per text as `count` gives it)."""
         texts = list(texts)
         if self._hf is not None:
-            enc = self._hf(texts, truncation=True, max_length=self.max_length, padding=False)
-            encs = [{k: enc[k][i] for k in self.input_names} for i in range(len(texts))]
+            if self.head_tail is None:
+                enc = self._hf(texts, truncation=True, max_length=self.max_length, padding=False)
+                encs = [{k: enc[k][i] for k in self.input_names} for i in range(len(texts))]
+            else:
+                enc = self._hf(texts, truncation=False, padding=False, return_special_tokens_mask=True, verbose=False)
+                encs = []
+                for i in range(len(texts)):
+                    keep = head_tail_keep(enc["special_tokens_mask"][i], self.max_length, self.head_tail)
+                    encs.append({k: enc[k][i] if keep is None else [enc[k][i][j] for j in keep]
+                                 for k in self.input_names})
             lengths = np.array([len(e["input_ids"]) for e in encs], dtype=np.int64)
             return encs, lengths, self.count(texts)
         encs = self._tok_ragged.encode_batch(texts)
+        if self.head_tail is not None:  # whole texts were encoded: count them, then cut
+            counts = np.array([len(e.ids) - sum(e.special_tokens_mask) for e in encs], dtype=np.int64)
+            encs = [self._cut(e) for e in encs]
+            return encs, np.array([len(e.ids) for e in encs], dtype=np.int64), counts
         lengths = np.array([len(e.ids) for e in encs], dtype=np.int64)
         counts = np.array([len(e.ids) - sum(e.special_tokens_mask) for e in encs], dtype=np.int64)
         for i, e in enumerate(encs):
             for o in e.overflowing:
                 counts[i] += sum(a and not sp for a, sp in zip(o.attention_mask, o.special_tokens_mask))
         return encs, lengths, counts
+
+    def _cut(self, e: Any) -> Any:
+        keep = head_tail_keep(e.special_tokens_mask, self.max_length, self.head_tail)
+        if keep is None:
+            return e
+        return _Encoding([e.ids[j] for j in keep], [e.attention_mask[j] for j in keep], [e.type_ids[j] for j in keep])
 
     def pad(self, encs: Sequence[Any]) -> dict[str, np.ndarray]:
         """int64 arrays (n, longest of `encs`) for each ONNX input name, padded on the right as the HF call
