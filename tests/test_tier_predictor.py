@@ -484,3 +484,12 @@ def test_head_tail_truncation_trains_and_matches_the_bundle_tokenizer(tiny_bert,
     np.testing.assert_array_equal(counts, full)  # the cost model's prompt tokens: the whole text
     loaded = load_classifier(tp.save_pretrained(tmp_path / "ht"))
     np.testing.assert_array_equal(loaded.predict_proba(test_q), P)
+
+
+def test_bf16_auto_reads_the_cpu_flags(tmp_path):
+    from kronaxis_lab.classifiers.tier_predictor import fast_bf16
+
+    (tmp_path / "bf16").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse\n")
+    (tmp_path / "plain").write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16x sse\n")
+    assert fast_bf16(False, tmp_path / "bf16") and not fast_bf16(False, tmp_path / "plain")
+    assert not fast_bf16(False, tmp_path / "missing")  # not Linux: off
