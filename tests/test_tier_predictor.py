@@ -68,8 +68,10 @@ def tiny_bert(tmp_path_factory) -> str:
 
 
 def _tp(tiny_bert, **kw) -> TierPredictor:
+    # the stock CLS sequence classifier unless a test asks for mean pooling / the multi-task head
     defaults = dict(base_model=tiny_bert, base_model_fallback=None, max_length=32, val_fraction=0.0,
-                    freeze_embeddings=False, training_args=FAST_ARGS, show_progress=False)
+                    freeze_embeddings=False, training_args=FAST_ARGS, show_progress=False, pooling="cls",
+                    aux_task_weight=0.0)
     return TierPredictor(**{**defaults, **kw})
 
 

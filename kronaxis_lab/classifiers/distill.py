@@ -59,6 +59,9 @@ class StudentTierPredictor(TierPredictor):
         self.layers = layers
         self.hard_label_weight = hard_label_weight
 
+    def task_labels_column(self) -> str | None:
+        return None  # a student imitates its teacher's P̂: no auxiliary task head
+
     def fit(
         self,
         queries: Sequence[str],
@@ -91,6 +94,8 @@ class StudentTierPredictor(TierPredictor):
             val_queries = as_queries(val_queries, "val_queries")
             val_soft = self._targets(teacher, val_queries, val_targets, names, alpha, "val_targets")
         self._init_from = teacher
+        # the student is the teacher's network, cut: its pooling; no auxiliary task (it imitates P̂ alone)
+        self.pooling, self.aux_task_weight = teacher.pooling, 0.0
         try:
             data = FitInputs(queries, soft, names, val_queries, val_soft)
             return self._fit(data, head=teacher.head_, model_costs=teacher.model_costs_)

@@ -148,8 +148,8 @@ class TierPredictor(Classifier):
         output_dir: str | None = None,
         device: str | None = None,
         show_progress: bool = True,
-        pooling: str = "cls",
-        aux_task_weight: float = 0.0,
+        pooling: str = "mean",
+        aux_task_weight: float = 0.3,
         head_tokens: int = 32,
         task_column: str = "task",
     ):
@@ -460,6 +460,7 @@ class TierPredictor(Classifier):
         except (OSError, ValueError) as e:
             raise ClassifierLoadError(f"{hf}: cannot load the saved HF model/tokenizer: {e}") from e
         n_out = getattr(model, "num_labels", None) or model.config.num_labels
+        self.pooling = getattr(model, "pooling", "cls")  # what the saved network is (older folders: the stock CLS)
         if n_out != len(self.model_names_):
             raise ClassifierLoadError(
                 f"{hf}: the model has {n_out} outputs but classifier.json lists "
