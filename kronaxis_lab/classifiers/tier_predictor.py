@@ -42,13 +42,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import numpy as np
 import yaml

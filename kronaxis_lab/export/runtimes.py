@@ -165,7 +165,7 @@ class BundleTokenizer:
         tk = node.get("tokenizer") or {}
         head_tail = tk.get("head_tail")
         if head_tail is not None and (isinstance(head_tail, bool) or not isinstance(head_tail, int) or head_tail < 0):
-            raise BundleError(f"{directory}: tokenizer.head_tail must be a number of head tokens ≥ 0, got {head_tail!r}")
+            raise BundleError(f"{directory}: tokenizer.head_tail must be a head-token count ≥ 0, got {head_tail!r}")
         return cls(directory / node["files"]["tokenizer"], int(node["max_length"]), tk.get("truncation_side", "right"),
                    tk.get("pad_token"), int(tk.get("pad_id", 0)), int(tk.get("pad_type_id", 0)),
                    [str(x) for x in node["onnx"]["inputs"]], head_tail)
