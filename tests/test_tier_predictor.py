@@ -53,6 +53,7 @@ FAST_ARGS = {"num_train_epochs": 8, "learning_rate": 1e-2, "per_device_train_bat
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from kronaxis_lab.local_models import resolve_model
@@ -62,7 +63,9 @@ def tiny_bert(tmp_path_factory) -> str:
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
-    BertModel(cfg).save_pretrained(d)
+    with torch.random.fork_rng():  # the same tiny network whatever ran before (test order, another machine)
+        torch.manual_seed(0)
+        BertModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
 
@@ -466,8 +469,10 @@ def test_head_tail_truncation_trains_and_matches_the_bundle_tokenizer(tiny_bert,
     filler = " ".join(["the same shared demonstration text"] * 12)
     q = [f"{filler} {t}" for t in TRAIN_Q]  # every query starts with the same 60 words: the right side is lost
     # 16 tokens: right truncation keeps 14 of the prefix; head+tail 4 of it and the last 10 (the question)
-    tp = _tp(tiny_bert, truncation_side="head_tail", head_tokens=4, max_length=16)
-    right = _tp(tiny_bert, max_length=16).fit(q, TRAIN_Y, NAMES)
+    # lr 3e-3: at FAST_ARGS' 1e-2 the longer prefix sometimes collapses training to one answer (seed-dependent)
+    args = {**FAST_ARGS, "learning_rate": 3e-3}
+    tp = _tp(tiny_bert, truncation_side="head_tail", head_tokens=4, max_length=16, training_args=args)
+    right = _tp(tiny_bert, max_length=16, training_args=args).fit(q, TRAIN_Y, NAMES)
     tp.fit(q, TRAIN_Y, NAMES)
     test_q = [f"{filler} {t}" for t in TEST_Q]
     hard = _hard_mask(TEST_Q)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kronaxis_lab.classifiers import pooled_head
 from kronaxis_lab.classifiers._common import resolve_config_path
 from kronaxis_lab.classifiers.base import (
     Classifier,
@@ -258,9 +259,7 @@ class TierPredictor(Classifier):
         if self.pooling != "cls" or n_tasks:
             from transformers import AutoModel
 
-            from kronaxis_lab.classifiers.pooled_head import PooledTierModel
-
-            model = PooledTierModel(AutoModel.from_pretrained(path), len(model_names), self.pooling, n_tasks,
+            model = pooled_head.PooledTierModel(AutoModel.from_pretrained(path), len(model_names), self.pooling, n_tasks,
                                     self.aux_task_weight)
             model.config.id2label = dict(enumerate(model_names))
             model.config.label2id = {m: i for i, m in enumerate(model_names)}
@@ -451,9 +450,7 @@ class TierPredictor(Classifier):
         try:
             tokenizer = AutoTokenizer.from_pretrained(hf)
             if (hf / POOLED_HEAD_FILE).is_file():
-                from kronaxis_lab.classifiers.pooled_head import PooledTierModel
-
-                model = PooledTierModel.load(hf)
+                model = pooled_head.PooledTierModel.load(hf)
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(hf)
         except (OSError, ValueError) as e:

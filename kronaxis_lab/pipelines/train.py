@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -62,6 +63,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     texts = train.queries["text"].astype(str).tolist()
     vtexts = val.queries["text"].astype(str).tolist() if val.n else None
     log.info("training %s on %d queries × %d models (val %d)", type(clf).__name__, len(texts), Y.shape[1], val.n)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun: the Trainer wraps the network in DDP
+        log.info("distributed (DDP) training: rank %s of %s", os.environ.get("RANK", "0"), os.environ["WORLD_SIZE"])
     t0 = time.perf_counter()
     col = clf.task_labels_column()  # e.g. the task prior learns p(task | text) from the train labels
     extra = {"tasks": train.queries[col].tolist() if col in train.queries else None} if col else {}
