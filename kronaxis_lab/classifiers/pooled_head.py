@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from kronaxis_lab.classifiers.heads import POOLED_HEAD_FILE as HEAD_FILE
 from kronaxis_lab.classifiers.heads import POOLINGS
 
-__all__ = ["HEAD_FILE", "POOLINGS", "PooledTierModel", "TierModelOutput", "mean_pool"]
+__all__ = ["HEAD_FILE", "POOLINGS", "mean_pool"]  # + PooledTierModel, TierModelOutput (module __getattr__)
 
 #: label of a query without a task label in the auxiliary head's targets (ignored by the loss)
 NO_TASK = -100

@@ -259,8 +259,8 @@ class TierPredictor(Classifier):
         if self.pooling != "cls" or n_tasks:
             from transformers import AutoModel
 
-            model = pooled_head.PooledTierModel(AutoModel.from_pretrained(path), len(model_names), self.pooling, n_tasks,
-                                    self.aux_task_weight)
+            model = pooled_head.PooledTierModel(AutoModel.from_pretrained(path), len(model_names), self.pooling,
+                                                n_tasks, self.aux_task_weight)
             model.config.id2label = dict(enumerate(model_names))
             model.config.label2id = {m: i for i, m in enumerate(model_names)}
             if self.num_layers is not None:
