@@ -44,6 +44,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+def world_size() -> int:
+    """Processes in a torchrun / accelerate launch job (env WORLD_SIZE); 1 outside one."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def flat_metrics(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, float]:
     """Every finite number (bools as 0/1) at any depth of `d`, keyed by its path; strings, lists and None dropped."""
     out: dict[str, float] = {}

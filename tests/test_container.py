@@ -266,7 +266,8 @@ def test_router_serves_an_onnx_tier_predictor_without_torch(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from kronaxis_lab.local_models import resolve_model
-    from tests.test_export import FAST_TRAIN, MINILM
+    from tests.conftest import MINILM
+    from tests.test_export import FAST_TRAIN
 
     tok = AutoTokenizer.from_pretrained(resolve_model(MINILM))
     BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

