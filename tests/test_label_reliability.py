@@ -173,9 +173,12 @@ def http_backend(endpoints, **kw):
 def test_faulty_upstream_every_row_labelled_or_errored(tmp_path):
     """~30 % of calls fail (429 / 500 / hang past the timeout). Model `with-fallback` retries once, then falls
     back to a healthy endpoint; model `no-retry` has one endpoint and no retries, so its failures are rows
-    with `error` set. Nothing is dropped and the summary counts what happened."""
-    p_bad, p_good = free_port(), free_port()
-    bad, good = start_faulty(p_bad, 0.3, seed=1), start_faulty(p_good, 0.0)
+    with `error` set. Nothing is dropped and the summary counts what happened. Each model has its own faulty
+    server: both send the same bodies, and the server's fault pattern is keyed on a body's k-th arrival, so a
+    shared server would make each model's faults depend on which model's call arrived first (CI saw 0 fallbacks
+    that way). With its own server the pattern is fixed: seed 2 gives `with-fallback` both retries and fallbacks."""
+    p_bad, p_bad_nr, p_good = free_port(), free_port(), free_port()
+    bad, bad_nr, good = start_faulty(p_bad, 0.3, seed=2), start_faulty(p_bad_nr, 0.3, seed=1), start_faulty(p_good, 0.0)
     try:
         n = 24
         write_gsm8k(tmp_path / "data", n)
@@ -189,7 +192,7 @@ def test_faulty_upstream_every_row_labelled_or_errored(tmp_path):
                 "with-fallback": {"tier": 0, "price_in": 1.0, "price_out": 1.0},
                 "no-retry": {"tier": 1, "price_in": 2.0, "price_out": 2.0}}})
             cfg.backends = {"with-fallback": http_backend([ep("bad", p_bad), ep("good", p_good)], max_retries=1),
-                            "no-retry": http_backend([ep("bad", p_bad)], max_retries=0)}
+                            "no-retry": http_backend([ep("bad", p_bad_nr)], max_retries=0)}
         res = label.run(cfg)
         out = res["dataset"].outcomes
         assert len(out) == 2 * n  # every (query, model) has a row
@@ -208,7 +211,7 @@ def test_faulty_upstream_every_row_labelled_or_errored(tmp_path):
         md = (tmp_path / "run/summary.md").read_text()
         assert "retries" in md and "fallbacks" in md
     finally:
-        for p in (bad, good):
+        for p in (bad, bad_nr, good):
             p.kill()
             p.wait()
 
