@@ -324,3 +324,25 @@ def test_chat_through_a_real_vllm_upstream(bundle, tmp_path):
         for p in (router, vllm):
             if p is not None:
                 p.stop()
+
+
+@pytest.mark.slow
+def test_two_worker_processes_serve_one_port_and_one_metrics_view(bundle, tmp_path):
+    """`server.workers=2`: two router processes on one port. Every answer is the bundle's decision, and
+    /metrics counts the requests of both workers (Prometheus multiprocess mode), not only its own."""
+    p = serve(bundle, tmp_path, "workers", "server.workers=2")
+    try:
+        easy, hard = easy_queries(HELD_OUT[0]), hard_queries(HELD_OUT[1])
+        texts = (easy + hard) * 3
+        for text in texts:  # a new connection each time: the kernel hands them to either worker
+            d = _route(p.url, _user(text)).json()
+            assert d["tier"] == (1 if text in hard else 0), (text, d)
+        metrics = httpx.get(p.url + "/metrics").text
+        served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                     if line.startswith("kronaxis_requests_total{") and 'endpoint="route"' in line)
+        assert served == len(texts)
+        started = [line for line in p.log.read_text().splitlines() if "Started server process" in line]
+        assert len(started) == 2, p.log.read_text()[-3000:]
+    finally:
+        p.stop()
+    assert p.proc.returncode is not None

@@ -5,6 +5,15 @@
     kronaxis-serve bundle=<dir> governance=local_cloud settings.batching.max_batch=128
     KRONAXIS_STICKY_SALT=<secret> kronaxis-serve bundle=<dir> ...        # same salt in every process behind the LB
     kronaxis-serve bundle=<dir> decision_log.path=<log dir> [decision_log.store_text=true] [shadow.enabled=true]
+    kronaxis-serve bundle=<dir> server.workers=2                         # one router process per core
+
+`server.workers=N` (N > 1) runs N router processes on one port (uvicorn's process supervisor), as N routers
+behind a load balancer would: one Python process is held to about one core by the GIL, whatever the cores.
+Each worker loads the bundle and decides on its own; /metrics sums every worker's counters (Prometheus
+multiprocess mode); each worker enforces 1/N of the per-key rate limit (a key never gets more than the
+configured rate, though one that keeps a single connection gets 1/N of it); session floors live in each
+worker's memory, so sticky sessions should echo the signed routing token (which any worker accepts, given
+the shared KRONAXIS_STICKY_SALT). A decision log needs one writer: `decision_log.path` with N > 1 is refused.
 
 Without upstreams the router still answers POST /v1/route (decisions) and /v1/chat/completions answers 503.
 Bound to a non-loopback address the router requires client API keys (`Authorization: Bearer <key>`):
@@ -20,6 +29,10 @@ entries `settings/defaults` and `bundle_options/defaults` that configs/serve.yam
 from __future__ import annotations
 
 import logging
+import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +40,7 @@ import hydra
 from fastapi import FastAPI
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kronaxis_lab.export.bundle import BundleError, load_bundle
 from kronaxis_lab.monitoring.settings import DecisionLogSettings, MonitorSettings, ShadowSettings
@@ -72,17 +85,63 @@ def build_app(cfg: DictConfig) -> FastAPI:
                       monitor=monitor)
 
 
+WORKER_CONFIG_ENV = "KRONAXIS_SERVE_WORKER_CONFIG"  # the composed config each worker process builds its app from
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode (read at its import)
+
+
+def workers_of(cfg: DictConfig) -> int:
+    n = cfg.server.get("workers", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ServeConfigError(f"server.workers must be an integer ≥ 1, got {n!r}")
+    if n > 1 and cfg.get("decision_log") and cfg.decision_log.get("path"):
+        raise ServeConfigError(f"decision_log.path with server.workers={n}: the decision log has one writer; "
+                               "serve it with server.workers=1 (or one router per log directory)")
+    return n
+
+
+def per_worker(cfg: DictConfig, n: int) -> DictConfig:
+    """`cfg` for one of `n` worker processes: its share of the per-key rate limit (never more than the total)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    rl = ServeSettings.from_config(_node(cfg, "settings")).auth.rate_limit
+    with open_dict(cfg):
+        cfg.settings.auth.rate_limit.burst = max(1, math.floor(rl.burst / n))
+        if rl.requests_per_minute is not None:
+            cfg.settings.auth.rate_limit.requests_per_minute = rl.requests_per_minute / n
+    return cfg
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (`server.workers` > 1): uvicorn imports this factory in each worker."""
+    return build_app(OmegaConf.load(os.environ[WORKER_CONFIG_ENV]))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Serve until interrupted; returns where it served."""
     import uvicorn
 
-    app = build_app(cfg)
-    s = cfg.server
-    log.info("kronaxis-serve listening on http://%s:%s", s.host, s.port)
-    config = uvicorn.Config(app, host=str(s.host), port=int(s.port), log_level=str(s.log_level),
-                            access_log=bool(s.access_log), timeout_keep_alive=int(s.timeout_keep_alive))
-    uvicorn.Server(config).run()
-    return {"host": str(s.host), "port": int(s.port)}
+    s, n = cfg.server, workers_of(cfg)
+    opts = dict(host=str(s.host), port=int(s.port), log_level=str(s.log_level), access_log=bool(s.access_log),
+                timeout_keep_alive=int(s.timeout_keep_alive))
+    if n == 1:
+        app = build_app(cfg)
+        log.info("kronaxis-serve listening on http://%s:%s", s.host, s.port)
+        uvicorn.Server(uvicorn.Config(app, **opts)).run()
+        return {"host": str(s.host), "port": int(s.port), "workers": 1}
+    with open_dict(cfg):
+        cfg.bundle = str(Path(str(cfg.bundle)).expanduser().resolve()) if cfg.get("bundle") else cfg.get("bundle")
+    wcfg = per_worker(cfg, n)
+    build_app(wcfg)  # fail here, with the config error, rather than in N workers that uvicorn keeps restarting
+    spool = Path(tempfile.mkdtemp(prefix="kronaxis-serve-"))
+    try:
+        (spool / "prometheus").mkdir()
+        OmegaConf.save(wcfg, spool / "serve.yaml")
+        os.environ[WORKER_CONFIG_ENV] = str(spool / "serve.yaml")
+        os.environ[PROMETHEUS_DIR_ENV] = str(spool / "prometheus")
+        log.info("kronaxis-serve listening on http://%s:%s with %d worker processes", s.host, s.port, n)
+        uvicorn.run("kronaxis_lab.pipelines.serve:worker_app", factory=True, workers=n, **opts)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return {"host": str(s.host), "port": int(s.port), "workers": n}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")

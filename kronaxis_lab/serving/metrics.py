@@ -11,7 +11,10 @@ model pricier than the premium reference).
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `kronaxis-serve server.workers=N`: metrics of every worker
 
 
 class RouterMetrics:
@@ -50,7 +53,7 @@ class RouterMetrics:
         self.premium_cost_usd = Counter("kronaxis_premium_cost_usd",
                                         "Estimated cost had every completion gone to the premium model", registry=r)
         self.saved_usd = Gauge("kronaxis_saved_usd", "Estimated $ saved vs always-premium (premium − routed)",
-                               registry=r)
+                               registry=r, multiprocess_mode="sum")
         self.classifier_failures = Counter("kronaxis_classifier_failures",
                                            "Classifier calls that failed (requests then fail open or 503)", registry=r)
         # per router API key, labelled by key id (first 8 hex digits of the key's sha256), never the key
@@ -70,8 +73,14 @@ class RouterMetrics:
         self.saved_usd.inc(premium_cost - cost)
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+        if os.environ.get(MULTIPROC_ENV):  # several worker processes: the sum over their metric files
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def value(self, name: str, labels: dict[str, Any] | None = None) -> float:
