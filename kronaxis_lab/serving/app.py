@@ -634,8 +634,10 @@ def create_app(
                            open_paths=("/healthz",) if settings.auth.protect_metrics else ("/healthz", "/metrics"))
     else:
         log.info("client authentication off (host %s, settings.auth.enabled=%s)", host, settings.auth.enabled)
-    app.add_api_route("/v1/route", svc.route, methods=["POST"])
-    app.add_api_route("/v1/chat/completions", svc.chat_completions, methods=["POST"])
+    # the hot paths as plain Starlette routes: they read and check their own bodies and return Responses, so
+    # FastAPI's dependency solving (it parses the cookie header of every request) would only add CPU
+    app.add_route("/v1/route", svc.route, methods=["POST"])
+    app.add_route("/v1/chat/completions", svc.chat_completions, methods=["POST"])
     app.add_api_route("/healthz", svc.healthz, methods=["GET"])
     app.add_api_route("/metrics", svc.prometheus, methods=["GET"])
     app.add_api_route("/v1/models", svc.models, methods=["GET"])
