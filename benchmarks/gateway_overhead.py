@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gateway_overhead.py --bundle <bundle dir> [--latency-requests 300]
         [--requests 3000] [--concurrency 64] [--max-seconds 20] [--litellm-bin outputs/venv-litellm/bin/litellm]
-        [--no-litellm] [--json out.json] [--write benchmarks/gateway_overhead.md]
+        [--no-litellm] [--workers 1] [--json out.json] [--write benchmarks/gateway_overhead.md]
 
 One local upstream (`--upstream` mode of this script: a minimal OpenAI-compatible HTTP/1.1 server on asyncio that
 answers every chat completion at once with a fixed two-token answer, so what is measured is the gateways, not a
@@ -20,6 +20,8 @@ latency at concurrency 1 (`--latency-requests` per target, targets taking turns 
 hit all alike): p50/p99 and the p50/p99 each adds over direct; then throughput at `--concurrency` keep-alive
 connections (`--requests`, stopped after `--max-seconds`): requests/s, p50/p99, errors, and the CPU time the
 gateway's process session spent per request (from /proc: hardly affected by other jobs on a shared machine).
+`--workers W` runs each gateway as W processes on its port (kronaxis `server.workers=W`, LiteLLM
+`--num_workers W`), the same for both.
 Goals (issue "Ship the router"): classify+forward ≥ 3× LiteLLM's requests/s; forward-only adds ≤ 10 ms p50.
 
 LiteLLM is a benchmark-only dependency kept out of the project venv (its pins downgrade packages the project
@@ -175,7 +177,7 @@ def start_kronaxis(bundle: Path, upstream_port: int, work: Path, overrides: list
     return start_process(cmd, work / "kronaxis.log", port, "/healthz", {"KRONAXIS_API_KEYS": ROUTER_KEY}), port
 
 
-def start_litellm(exe: str, upstream_port: int, work: Path) -> tuple[subprocess.Popen, int]:
+def start_litellm(exe: str, upstream_port: int, work: Path, workers: int = 1) -> tuple[subprocess.Popen, int]:
     cfg = work / "litellm.yaml"
     cfg.write_text(json.dumps({  # JSON is YAML
         "model_list": [{"model_name": LITELLM_MODEL,
@@ -188,7 +190,7 @@ def start_litellm(exe: str, upstream_port: int, work: Path) -> tuple[subprocess.
     port = free_port()
     env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
-    cmd = [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    cmd = [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", str(workers)]
     return start_process(cmd, work / "litellm.log", port, "/health/liveliness", env), port
 
 
@@ -264,7 +266,8 @@ def markdown(info: dict[str, Any]) -> str:
     lines = [f"### Gateway overhead (`/v1/chat/completions`) — {info['date']}", "", f"`{info['command']}`", "",
              f"Machine: {info['machine']}. 1-min load average {info['loadavg_1m_before']:.2f} before, "
              f"{info['loadavg_1m_after']:.2f} after. Upstream: this script's `--upstream` (asyncio, fixed answer); "
-             f"LiteLLM {info['litellm_version'] or 'not run'}; bundle `{info['bundle']}`.", "",
+             f"LiteLLM {info['litellm_version'] or 'not run'}; bundle `{info['bundle']}`; "
+             f"{info.get('workers', 1)} process(es) per gateway.", "",
              f"| target | latency c=1 p50 ms | p99 ms | adds p50 ms | adds p99 ms | req/s at c={info['concurrency']} "
              "| p50 ms | p99 ms | errors | gateway CPU ms/req | upstream CPU ms/req |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -299,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--litellm-bin", default=None, help=f"litellm executable (default: {DEFAULT_LITELLM} or PATH)")
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM row")
     ap.add_argument("--override", action="append", default=[], help="extra kronaxis-serve override (repeatable)")
+    ap.add_argument("--workers", type=int, default=1, help="processes per gateway (kronaxis and LiteLLM alike)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--write", default=None, help="rewrite this script's table block in this markdown file")
     ap.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
@@ -326,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             procs.append(start_process([sys.executable, str(Path(__file__).resolve()), "--upstream", "--port",
                                         str(up_port)], work / "upstream.log", up_port, "/health"))
             upstream = procs[-1]
-            kp, k_port = start_kronaxis(args.bundle.resolve(), up_port, work, args.override)
+            kp, k_port = start_kronaxis(args.bundle.resolve(), up_port, work,
+                                        [f"server.workers={args.workers}", *args.override])
             procs.append(kp)
             auth = b"Authorization: Bearer " + ROUTER_KEY.encode() + b"\r\n"
             fleet_model = fleet_names(args.bundle)[0]
@@ -336,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "kronaxis forward-only": {"port": k_port, "model": fleet_model, "proc": kp, "headers": auth},
                 "kronaxis classify+forward": {"port": k_port, "model": "kronaxis/auto", "proc": kp, "headers": auth}}
             if exe:
-                lp, l_port = start_litellm(exe, up_port, work)
+                lp, l_port = start_litellm(exe, up_port, work, args.workers)
                 procs.append(lp)
                 targets["LiteLLM proxy"] = {"port": l_port, "model": LITELLM_MODEL, "proc": lp,
                                             "headers": b"Authorization: Bearer " + LITELLM_KEY.encode() + b"\r\n"}
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 stop(p)
     info = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "loadavg_1m_before": load0,
             "loadavg_1m_after": os.getloadavg()[0], "bundle": str(args.bundle), "concurrency": args.concurrency,
+            "workers": args.workers,
             "litellm_version": litellm_version(exe) if exe else None,
             "command": " ".join(["python", "benchmarks/gateway_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
             "rows": summarise(targets, lat, thr)}

@@ -1,11 +1,12 @@
 """Router throughput: a bounded load generator against POST /v1/route of a real `kronaxis-serve` process.
 
     .venv/bin/python benchmarks/route_throughput.py --bundle [NAME=]<bundle dir> [--bundle ...] [--requests 10000]
-        [--concurrency 64] [--max-seconds 60] [--modes on,off] [--route-batch 1] [--goal NAME=1000]
+        [--concurrency 64] [--max-seconds 60] [--modes on,off] [--workers 1,2] [--route-batch 1] [--goal NAME=1000]
         [--override settings.batching.max_batch=64] [--json out.json] [--write benchmarks/route_throughput.md]
 
 For each bundle and mode the script starts the router exactly as a user would
-(`kronaxis-serve bundle=<dir> server.host=127.0.0.1 server.port=<port> settings.batching.enabled=<on|off>`),
+(`kronaxis-serve bundle=<dir> server.host=127.0.0.1 server.port=<port> settings.batching.enabled=<on|off>
+server.workers=<W>`, for each W of `--workers`: W router processes on the port),
 waits for /healthz, sends `--warmup` requests, then `--requests` requests from `--concurrency` keep-alive
 connections (stopping early after `--max-seconds`), and reports decisions/s, latency p50/p90/p99 and errors
 (any non-200 answer or broken connection). The router's own classifier batch sizes come from its /metrics.
@@ -211,11 +212,11 @@ def session_cpu_seconds(sid: int) -> float:
 
 
 def run_mode(args: argparse.Namespace, name: str, bundle: str, mode: str, queries: list[str],
-             workdir: Path) -> dict[str, Any]:
+             workdir: Path, workers: int = 1) -> dict[str, Any]:
     port = free_port()
-    overrides = [f"settings.batching.enabled={'true' if mode == 'on' else 'false'}",
+    overrides = [f"settings.batching.enabled={'true' if mode == 'on' else 'false'}", f"server.workers={workers}",
                  f"settings.limits.max_route_batch={max(1024, args.route_batch)}", *args.override]
-    proc = start_router(bundle, port, overrides, workdir / f"router-{name}-{mode}.log")
+    proc = start_router(bundle, port, overrides, workdir / f"router-{name}-{mode}-{workers}.log")
     try:
         k = args.route_batch
         if k == 1:
@@ -241,7 +242,7 @@ def run_mode(args: argparse.Namespace, name: str, bundle: str, mode: str, querie
     # c / server_cpu_s_per_decision decisions/s (the load generator's own CPU is reported beside it)
     server_ms = (cpu1 - cpu0) * 1000 / max(decisions, 1)
     cores = os.cpu_count() or 1
-    res.update(bundle=name, mode=mode, route_batch=k, concurrency=args.concurrency, decisions=decisions,
+    res.update(bundle=name, mode=mode, workers=workers, route_batch=k, concurrency=args.concurrency, decisions=decisions,
                decisions_per_s=res["req_per_s"] * k, warmup_errors=warm["errors"],
                classifier_calls=int(calls), mean_classifier_batch=texts / calls if calls else None,
                server_cpu_ms_per_decision=server_ms,
@@ -274,14 +275,14 @@ def markdown(info: dict[str, Any]) -> str:
     lines = [f"### Router throughput (`POST /v1/route`) — {info['date']}", "", f"`{info['command']}`", "",
              f"Machine: {info['machine']}. 1-min load average {info['loadavg_1m_before']:.2f} before, "
              f"{info['loadavg_1m_after']:.2f} after. {info['queries']} LLMRouter query texts, cycled.", "",
-             "| bundle | micro-batching | decisions/request | concurrency | requests | wall s | decisions/s | p50 ms "
+             "| bundle | micro-batching | router processes | decisions/request | concurrency | requests | wall s | decisions/s | p50 ms "
              "| p90 ms | p99 ms | errors | mean classifier batch | server CPU ms/decision "
              f"| ⇒ decisions/s on {cores} free cores |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in info["results"]:
         mb = "-" if r["mean_classifier_batch"] is None else f"{r['mean_classifier_batch']:.1f}"
         cap = "-" if r["capacity_all_cores"] is None else f"{r['capacity_all_cores']:.0f}"
-        lines.append(f"| {r['bundle']} | {r['mode']} | {r['route_batch']} | {r['concurrency']} | {r['requests']} | "
+        lines.append(f"| {r['bundle']} | {r['mode']} | {r.get('workers', 1)} | {r['route_batch']} | {r['concurrency']} | {r['requests']} | "
                      f"{r['wall_s']:.1f} | {r['decisions_per_s']:.0f} | {f1(r['p50_ms'])} | {f1(r['p90_ms'])} | "
                      f"{f1(r['p99_ms'])} | {r['errors']} | {mb} | {r['server_cpu_ms_per_decision']:.2f} | {cap} |")
     if info["goals"]:
@@ -289,7 +290,8 @@ def markdown(info: dict[str, Any]) -> str:
     for name, rate in info["goals"].items():
         for r in [r for r in info["results"] if r["bundle"] == name and r["mode"] == "on"]:
             ok = r["decisions_per_s"] >= rate and r["errors"] == 0
-            lines.append(f"- `{name}` with micro-batching: {r['decisions_per_s']:.0f} decisions/s, {r['errors']} errors "
+            lines.append(f"- `{name}` with micro-batching, {r.get('workers', 1)} router process(es), {r['route_batch']} "
+                         f"decision(s)/request: {r['decisions_per_s']:.0f} decisions/s, {r['errors']} errors "
                          f"(goal ≥ {rate:g}/s, 0 errors: {'**met**' if ok else '**not met**'} as measured here).")
     return "\n".join(lines)
 
@@ -303,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this long")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--modes", default="on,off", help="micro-batching modes to compare: on, off or on,off")
+    ap.add_argument("--workers", default="1", help="router processes (server.workers) to compare, e.g. 1,2")
     ap.add_argument("--route-batch", type=int, default=1, help="decisions per request ({'requests': [...]})")
     ap.add_argument("--queries", default=None, help="JSONL with a 'query'/'text' field (default: LLMRouter queries)")
     ap.add_argument("--override", action="append", default=[], help="extra kronaxis-serve override (repeatable)")
@@ -316,10 +319,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = []
     with tempfile.TemporaryDirectory(prefix="kronaxis-bench-") as tmp:
         for name, bundle in parse_named(args.bundle, "bundle"):
-            for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-                r = run_mode(args, name, bundle, mode, queries, Path(tmp))
-                results.append(r)
-                print(json.dumps(r), flush=True)
+            for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
+                for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+                    r = run_mode(args, name, bundle, mode, queries, Path(tmp), workers)
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
     info = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "loadavg_1m_before": load1,
             "loadavg_1m_after": os.getloadavg()[0], "bundles": dict(parse_named(args.bundle, "bundle")),
             "command": " ".join(["python", "benchmarks/route_throughput.py",

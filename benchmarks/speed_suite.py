@@ -1,8 +1,8 @@
 """The router's speed goals side by side in one run, one file: benchmarks/speed.md.
 
     .venv/bin/python benchmarks/speed_suite.py --quality <6-layer MiniLM bundle> --tfidf <TF-IDF bundle>
-        [--ensemble <ensemble bundle>] [--litellm-bin outputs/venv-litellm/bin/litellm | --no-litellm]
-        [--write benchmarks/speed.md] [--tiny]
+        [--winner <make demo's winner's bundle>] [--ensemble <ensemble bundle>] [--workers <cores>]
+        [--litellm-bin outputs/venv-litellm/bin/litellm | --no-litellm] [--write benchmarks/speed.md] [--tiny]
 
 Runs, one after the other on the same machine (each as its own process, each rewriting its block of `--write`):
 
@@ -10,11 +10,14 @@ Runs, one after the other on the same machine (each as its own process, each rew
    int8 where a bundle has it, beside a bert-base-sized router (random init, `BertConfig()`, same tokenizer, head
    and policy as the quality bundle);
 2. `route_throughput.py` — decisions/s through `POST /v1/route` of a real `kronaxis-serve` at concurrency 64:
-   quality with micro-batching on and off, TF-IDF and the ensemble with it on;
-3. `gateway_overhead.py` — direct / kronaxis forward-only / kronaxis classify+forward / LiteLLM proxy on one local
-   upstream: latency added at concurrency 1 and requests/s at concurrency 64.
+   quality with micro-batching on and off and TF-IDF, each as 1 router process and as `--workers` processes
+   (`server.workers`); TF-IDF with 16 decisions per request (`{"requests": [...]}`); the demo's winner and the
+   ensemble as `--workers` processes;
+3. `gateway_overhead.py` — direct / kronaxis forward-only / kronaxis classify+forward (the winner's bundle when
+   given, else quality) / LiteLLM proxy on one local upstream, each gateway as `--workers` processes: latency
+   added at concurrency 1 and requests/s at concurrency 64.
 
-About 8 minutes on a 2-core machine with the default sizes. `--tiny` shrinks every count (tests: the scripts
+About 12 minutes on a 2-core machine with the default sizes. `--tiny` shrinks every count (tests: the scripts
 cannot rot); its numbers mean nothing. Read the numbers only from a run on an idle machine: each block records
 the 1-minute load average.
 """
@@ -41,8 +44,9 @@ MARK = "speed_suite"
 
 
 def steps(args: argparse.Namespace, out: Path, write: Path) -> list[tuple[str, list[str]]]:
-    tiny = args.tiny
-    bundles = [f"quality={args.quality}", f"tfidf={args.tfidf}"] + ([f"ensemble={args.ensemble}"] if args.ensemble else [])
+    tiny, w = args.tiny, str(args.workers)
+    named = [("quality", args.quality), ("winner", args.winner), ("tfidf", args.tfidf), ("ensemble", args.ensemble)]
+    bundles = [f"{k}={v}" for k, v in named if v]
     lat = ["routing_latency.py", *[x for b in bundles for x in ("--bundle", b)],
            "--n", "30" if tiny else "300", "--warmup", "3" if tiny else "20", "--block", "10" if tiny else "50",
            "--json", str(out / "routing_latency.json"), "--write", str(write)]
@@ -50,31 +54,45 @@ def steps(args: argparse.Namespace, out: Path, write: Path) -> list[tuple[str, l
         lat += ["--bert-layers", "1", "--bert-hidden", "64"]
     thr_common = ["--requests", "120" if tiny else "5000", "--concurrency", "16" if tiny else "64",
                   "--max-seconds", "10" if tiny else "20", "--warmup", "16" if tiny else "200"]
-    thr = ["route_throughput.py", "--bundle", f"quality={args.quality}", "--modes", "on,off", *thr_common,
-           "--goal", "quality=1000", "--json", str(out / "route_throughput_quality.json")]
-    thr2 = ["route_throughput.py", "--bundle", f"tfidf={args.tfidf}", "--modes", "on", *thr_common,
-            "--goal", "tfidf=5000", "--json", str(out / "route_throughput_others.json")]
-    if args.ensemble:
-        thr2[3:3] = ["--bundle", f"ensemble={args.ensemble}"]
-    gw = ["gateway_overhead.py", "--bundle", str(args.quality), "--latency-requests", "20" if tiny else "300",
+    # 1 router process (the default) beside `--workers` processes (one per core)
+    thr = ["route_throughput.py", "--bundle", f"quality={args.quality}", "--modes", "on,off", "--workers", f"1,{w}",
+           *thr_common, "--goal", "quality=1000", "--json", str(out / "route_throughput_quality.json")]
+    thr2 = ["route_throughput.py", "--bundle", f"tfidf={args.tfidf}", "--modes", "on", "--workers", f"1,{w}",
+            *thr_common, "--goal", "tfidf=5000", "--json", str(out / "route_throughput_others.json")]
+    thr3 = ["route_throughput.py", "--bundle", f"tfidf={args.tfidf}", "--modes", "on", "--workers", w,
+            "--route-batch", "16", "--requests", "40" if tiny else "2000", "--concurrency", "4" if tiny else "16",
+            "--max-seconds", "10" if tiny else "20", "--warmup", "4" if tiny else "50", "--goal", "tfidf=5000",
+            "--json", str(out / "route_throughput_batched.json")]
+    more = [x for k, v in (("winner", args.winner), ("ensemble", args.ensemble)) if v for x in ("--bundle", f"{k}={v}")]
+    thr4 = ["route_throughput.py", *more, "--modes", "on", "--workers", w, *thr_common,
+            "--json", str(out / "route_throughput_more.json")] + (["--goal", "winner=1000"] if args.winner else [])
+    gw = ["gateway_overhead.py", "--bundle", str(args.winner or args.quality), "--workers", w,
+          "--latency-requests", "20" if tiny else "300",
           "--requests", "100" if tiny else "3000", "--concurrency", "16" if tiny else "64",
           "--max-seconds", "10" if tiny else "20", "--warmup", "10" if tiny else "50",
           "--json", str(out / "gateway_overhead.json"), "--write", str(write)]
     gw += ["--no-litellm"] if args.no_litellm else (["--litellm-bin", args.litellm_bin] if args.litellm_bin else [])
+    runs = [("routing_latency", lat), ("route_throughput_quality", thr), ("route_throughput_others", thr2),
+            ("route_throughput_batched", thr3)]
+    if more:
+        runs.append(("route_throughput_more", thr4))
+    runs.append(("gateway_overhead", gw))
     if args.queries:
-        for cmd in (lat, thr, thr2, gw):
+        for _, cmd in runs:
             cmd += ["--queries", str(args.queries)]
-    return [("routing_latency", lat), ("route_throughput_quality", thr), ("route_throughput_others", thr2),
-            ("gateway_overhead", gw)]
+    return runs
+
+
+THROUGHPUT_RUNS = ("quality", "others", "batched", "more")
 
 
 def throughput_block(out: Path) -> str:
-    """One route_throughput table from the two runs (quality on/off, then TF-IDF/ensemble)."""
-    infos = [json.loads((out / f"route_throughput_{k}.json").read_text()) for k in ("quality", "others")]
-    merged = {**infos[0], "results": infos[0]["results"] + infos[1]["results"],
-              "goals": {**infos[0]["goals"], **infos[1]["goals"]},
-              "command": infos[0]["command"] + "`, then `" + infos[1]["command"],
-              "loadavg_1m_after": infos[1]["loadavg_1m_after"]}
+    """One route_throughput table from its runs (quality; TF-IDF; TF-IDF batched requests; winner/ensemble)."""
+    infos = [json.loads(p.read_text()) for k in THROUGHPUT_RUNS if (p := out / f"route_throughput_{k}.json").exists()]
+    merged = {**infos[0], "results": [r for i in infos for r in i["results"]],
+              "goals": {k: v for i in infos for k, v in i["goals"].items()},
+              "command": "`, then `".join(i["command"] for i in infos),
+              "loadavg_1m_after": infos[-1]["loadavg_1m_after"]}
     return throughput_markdown(merged)
 
 
@@ -83,6 +101,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quality", required=True, type=Path, help="the default quality bundle (6-layer MiniLM)")
     ap.add_argument("--tfidf", required=True, type=Path, help="a TF-IDF + logistic regression bundle")
     ap.add_argument("--ensemble", type=Path, default=None, help="an ensemble bundle (its cost is reported)")
+    ap.add_argument("--winner", type=Path, default=None,
+                    help="the bundle of `make demo`'s winner, when it is not the tier predictor (goal ≥ 1,000/s; the "
+                         "gateway rows then use it)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="router processes for the multi-process rows (default: one per core)")
     ap.add_argument("--litellm-bin", default=None)
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--write", type=Path, default=HERE / "speed.md")
@@ -106,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).",
             "", f"`python benchmarks/speed_suite.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
             "Bundles: " + ", ".join(f"{k} `{v}`" for k, v in
-                                    [("quality", args.quality), ("tfidf", args.tfidf), ("ensemble", args.ensemble)]
+                                    [("quality", args.quality), ("winner", args.winner), ("tfidf", args.tfidf),
+                                     ("ensemble", args.ensemble)]
                                     if v) + ".",
             "**Numbers are only meaningful when the load average above is well below the core count.**"
             + (" (`--tiny` run: smoke test only.)" if args.tiny else "")]

@@ -160,11 +160,16 @@ def test_gateway_overhead_with_litellm_smoke(bundles, tmp_path):
 def test_speed_suite_tiny(bundles, tmp_path):
     md = tmp_path / "speed.md"
     run_script("speed_suite.py", "--quality", str(bundles["tier"]), "--tfidf", str(bundles["tfidf"]), "--no-litellm",
+               "--winner", str(bundles["tfidf"]), "--workers", "2",
                "--queries", str(bundles["queries"]), "--tiny", "--write", str(md), timeout=1800)
     text = md.read_text()
     assert text.startswith("<!-- speed_suite:begin -->\n# Router speed")
     for mark in ("speed_suite", "routing_latency", "gateway_overhead", "route_throughput"):
         assert text.count(f"<!-- {mark}:begin -->") == 1, mark
     assert all(f"| {row} |" in text for row in GATEWAY_ROWS)
-    assert "| quality | on |" in text and "| quality | off |" in text and "| tfidf | on |" in text
+    # bundle | micro-batching | router processes | decisions/request
+    for row in ("quality | on | 1 | 1", "quality | off | 1 | 1", "quality | on | 2 | 1", "quality | off | 2 | 1",
+                "tfidf | on | 1 | 1", "tfidf | on | 2 | 1", "tfidf | on | 2 | 16", "winner | on | 2 | 1"):
+        assert f"| {row} |" in text, row
+    assert "2 process(es) per gateway" in text
     assert "bert 1x64 (random init) fp32" in text
