@@ -11,9 +11,9 @@
 behind a load balancer would: one Python process is held to about one core by the GIL, whatever the cores.
 Each worker loads the bundle and decides on its own; /metrics sums every worker's counters (Prometheus
 multiprocess mode); each worker enforces 1/N of the per-key rate limit (a key never gets more than the
-configured rate, though one that keeps a single connection gets 1/N of it); session floors live in each
-worker's memory, so sticky sessions should echo the signed routing token (which any worker accepts, given
-the shared KRONAXIS_STICKY_SALT). A decision log needs one writer: `decision_log.path` with N > 1 is refused.
+configured rate, though one that keeps a single connection gets 1/N of it); session stickiness holds across
+workers as across processes behind a load balancer (the floor is recomputed from the conversation, escalations
+travel in the signed routing token). A decision log needs one writer: `decision_log.path` with N > 1 is refused.
 
 Without upstreams the router still answers POST /v1/route (decisions) and /v1/chat/completions answers 503.
 Bound to a non-loopback address the router requires client API keys (`Authorization: Bearer <key>`):
