@@ -38,8 +38,13 @@ SERVERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def servers():
+TRANSPORT = {"name": "httpx"}  # the `transport` of backend(): the current `servers` parameter
+
+
+@pytest.fixture(scope="module", params=openai_http.TRANSPORTS)
+def servers(request):
+    """Fresh servers per transport (faults are keyed on a body's k-th arrival), and backend() uses it."""
+    TRANSPORT["name"] = request.param
     procs = {name: ServerProc(FAULTY, args, env={"KX_SERVER_KEY": GOOD_KEY}) for name, args in SERVERS.items()}
     try:
         for p in procs.values():  # started together, so the waits overlap
@@ -52,7 +57,7 @@ def servers():
 
 def backend(*endpoints, **kw) -> OpenAIHTTPBackend:
     eps = [e if isinstance(e, dict) else {"name": e[0], "base_url": e[1]} for e in endpoints]
-    kw = {"timeout_s": 1.5, "backoff_base_s": 0.02, "backoff_max_s": 0.2, "seed": 0, **kw}
+    kw = {"timeout_s": 1.5, "backoff_base_s": 0.02, "backoff_max_s": 0.2, "seed": 0, "transport": TRANSPORT["name"], **kw}
     return OpenAIHTTPBackend("echo", eps, **kw)
 
 
@@ -252,6 +257,8 @@ def test_generate_twice_rebinds_to_the_new_event_loop(servers):
 
 
 def test_config_errors_are_clear(monkeypatch):
+    with pytest.raises(BackendConfigError, match=r"transport must be one of httpx\|aiohttp, got 'curl'"):
+        OpenAIHTTPBackend("m", [{"base_url": "http://x/v1"}], transport="curl")
     monkeypatch.delenv("KX_UNSET_KEY", raising=False)
     with pytest.raises(BackendConfigError, match="KX_UNSET_KEY"):
         OpenAIHTTPBackend("m", [{"base_url": "http://x/v1", "api_key_env": ["KX_UNSET_KEY"]}])

@@ -60,6 +60,14 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429}
 AUTH_STATUS = {401, 403}
 STRATEGIES = ("fallback", "round_robin", "least_loaded")
+TRANSPORTS = ("httpx", "aiohttp")
+
+
+def timed_out(e: Exception) -> bool:
+    """Whether an httpx.TimeoutException really is a timeout: httpx-aiohttp maps every aiohttp
+    ClientConnectionError (a refused connection, a server that hung up) to httpx.ConnectTimeout."""
+    cause = e.__cause__
+    return cause is None or not type(cause).__module__.startswith("aiohttp") or isinstance(cause, TimeoutError)
 
 
 class BackendConfigError(ValueError):
@@ -203,6 +211,10 @@ class OpenAIHTTPBackend(Backend):
         default_params: extra body fields sent with every request (e.g. `{top_p: 1.0}`).
         error_text: how an upstream's non-200 body appears in logs and errors (bytes → str); None = its first
             300 characters (the router passes one that drops the text: an upstream may echo the request).
+        transport: "httpx" (httpx's own connection pool) or "aiohttp" (the same httpx client over aiohttp's
+            connection pool, `httpx-aiohttp`: the pool's per-request bookkeeping costs about a third less CPU,
+            which is what a gateway spends most of its time on; timeouts and connection errors arrive as the same
+            httpx exceptions). The router's upstreams use aiohttp (`serving.upstreams.SERVE_TRANSPORT`).
     """
 
     def __init__(
@@ -222,8 +234,19 @@ class OpenAIHTTPBackend(Backend):
         seed: int | None = None,
         error_text: Any = None,
         strategy: str = "fallback",
+        transport: str = "httpx",
     ):
         import httpx  # noqa: F401  (fail early with a clear ImportError if the `live` extra is missing)
+
+        if transport not in TRANSPORTS:
+            raise BackendConfigError(f"transport must be one of {'|'.join(TRANSPORTS)}, got {transport!r}")
+        if transport == "aiohttp":
+            try:
+                import httpx_aiohttp  # noqa: F401  (heavy optional dependency: the `serve` extra)
+            except ImportError as e:
+                raise BackendConfigError(f"transport=aiohttp needs the httpx-aiohttp package (pip install "
+                                         f"'kronaxis-lab[serve]'): {e}") from None
+        self.transport = transport
 
         if mode not in ("auto", "chat", "completion"):
             raise BackendConfigError(f"mode must be auto|chat|completion, got {mode!r}")
@@ -359,11 +382,14 @@ class OpenAIHTTPBackend(Backend):
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._client is None:
             self._loop = loop
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout_s,
-                limits=httpx.Limits(max_connections=self.max_concurrency * 2,
-                                    max_keepalive_connections=self.max_concurrency),
-            )
+            limits = httpx.Limits(max_connections=self.max_concurrency * 2,
+                                  max_keepalive_connections=self.max_concurrency)
+            if self.transport == "aiohttp":
+                from httpx_aiohttp import AiohttpTransport  # heavy optional dependency (checked in __init__)
+
+                self._client = httpx.AsyncClient(timeout=self.timeout_s, transport=AiohttpTransport(limits=limits))
+            else:
+                self._client = httpx.AsyncClient(timeout=self.timeout_s, limits=limits)
             self._sem = asyncio.Semaphore(self.max_concurrency)
             self._ep_sems = [asyncio.Semaphore(int(ep.max_concurrency)) if ep.max_concurrency else None
                              for ep in self.endpoints]
@@ -528,8 +554,12 @@ class OpenAIHTTPBackend(Backend):
             except _Retryable as e:
                 last = str(e)
             except httpx.TimeoutException as e:
-                self._count(meta, "timeouts", ep)
-                last = f"timeout after {timeout}s ({type(e).__name__})"
+                if timed_out(e):
+                    self._count(meta, "timeouts", ep)
+                    last = f"timeout after {timeout}s ({type(e).__name__})"
+                else:
+                    self._count(meta, "connection_errors", ep)
+                    last = f"connection error ({type(e.__cause__).__name__}: {e})"
             except httpx.TransportError as e:
                 self._count(meta, "connection_errors", ep)
                 last = f"connection error ({type(e).__name__}: {e})"
