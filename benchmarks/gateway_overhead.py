@@ -267,7 +267,7 @@ def markdown(info: dict[str, Any]) -> str:
              f"Machine: {info['machine']}. 1-min load average {info['loadavg_1m_before']:.2f} before, "
              f"{info['loadavg_1m_after']:.2f} after. Upstream: this script's `--upstream` (asyncio, fixed answer); "
              f"LiteLLM {info['litellm_version'] or 'not run'}; bundle `{info['bundle']}`; "
-             f"{info.get('workers', 1)} process(es) per gateway.", "",
+             f"{info['workers']} process(es) per gateway.", "",
              f"| target | latency c=1 p50 ms | p99 ms | adds p50 ms | adds p99 ms | req/s at c={info['concurrency']} "
              "| p50 ms | p99 ms | errors | gateway CPU ms/req | upstream CPU ms/req |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -282,7 +282,7 @@ def markdown(info: dict[str, Any]) -> str:
     for r in info["results"]:
         mb = "-" if r["mean_classifier_batch"] is None else f"{r['mean_classifier_batch']:.1f}"
         cap = "-" if r["capacity_all_cores"] is None else f"{r['capacity_all_cores']:.0f}"
-        lines.append(f"| {r['bundle']} | {r['mode']} | {r.get('workers', 1)} | {r['route_batch']} | {r['concurrency']} | {r['requests']} | "
+        lines.append(f"| {r['bundle']} | {r['mode']} | {r['workers']} | {r['route_batch']} | {r['concurrency']} | {r['requests']} | "
                      f"{r['wall_s']:.1f} | {r['decisions_per_s']:.0f} | {f1(r['p50_ms'])} | {f1(r['p90_ms'])} | "
                      f"{f1(r['p99_ms'])} | {r['errors']} | {mb} | {r['server_cpu_ms_per_decision']:.2f} | {cap} |")
     if info["goals"]:
@@ -290,7 +290,7 @@ def markdown(info: dict[str, Any]) -> str:
     for name, rate in info["goals"].items():
         for r in [r for r in info["results"] if r["bundle"] == name and r["mode"] == "on"]:
             ok = r["decisions_per_s"] >= rate and r["errors"] == 0
-            lines.append(f"- `{name}` with micro-batching, {r.get('workers', 1)} router process(es), {r['route_batch']} "
+            lines.append(f"- `{name}` with micro-batching, {r['workers']} router process(es), {r['route_batch']} "
                          f"decision(s)/request: {r['decisions_per_s']:.0f} decisions/s, {r['errors']} errors "
                          f"(goal ≥ {rate:g}/s, 0 errors: {'**met**' if ok else '**not met**'} as measured here).")
     return "\n".join(lines)

@@ -83,12 +83,9 @@ def steps(args: argparse.Namespace, out: Path, write: Path) -> list[tuple[str, l
     return runs
 
 
-THROUGHPUT_RUNS = ("quality", "others", "batched", "more")
-
-
-def throughput_block(out: Path) -> str:
-    """One route_throughput table from its runs (quality; TF-IDF; TF-IDF batched requests; winner/ensemble)."""
-    infos = [json.loads(p.read_text()) for k in THROUGHPUT_RUNS if (p := out / f"route_throughput_{k}.json").exists()]
+def throughput_block(out: Path, names: list[str]) -> str:
+    """One route_throughput table from the runs `names` (steps' route_throughput_* runs, in order)."""
+    infos = [json.loads((out / f"{name}.json").read_text()) for name in names]
     merged = {**infos[0], "results": [r for i in infos for r in i["results"]],
               "goals": {k: v for i in infos for k, v in i["goals"].items()},
               "command": "`, then `".join(i["command"] for i in infos),
@@ -121,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"== {name}: {' '.join(cmd)}", flush=True)
             subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True, cwd=HERE.parent)
             timings[name] = time.time() - s
-        write_block(args.write, "route_throughput", throughput_block(out))
+        write_block(args.write, "route_throughput",
+                    throughput_block(out, [n for n in timings if n.startswith("route_throughput")]))
         results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
     head = ["# Router speed: one run, side by side", "",
             f"Run {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; 1-min load average {load0:.2f} at the start, "

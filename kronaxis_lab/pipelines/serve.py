@@ -47,6 +47,7 @@ from kronaxis_lab.monitoring.settings import DecisionLogSettings, MonitorSetting
 from kronaxis_lab.pipelines.common import CONFIG_DIR, build
 from kronaxis_lab.serving.app import create_app
 from kronaxis_lab.serving.components import build_governance, stickiness_factory
+from kronaxis_lab.serving.metrics import MULTIPROC_ENV
 from kronaxis_lab.serving.settings import BundleOptions, ServeConfigError, ServeSettings
 
 log = logging.getLogger("kronaxis_lab.serve")
@@ -86,11 +87,10 @@ def build_app(cfg: DictConfig) -> FastAPI:
 
 
 WORKER_CONFIG_ENV = "KRONAXIS_SERVE_WORKER_CONFIG"  # the composed config each worker process builds its app from
-PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode (read at its import)
 
 
 def workers_of(cfg: DictConfig) -> int:
-    n = cfg.server.get("workers", 1)
+    n = cfg.server.workers
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ServeConfigError(f"server.workers must be an integer ≥ 1, got {n!r}")
     if n > 1 and cfg.get("decision_log") and cfg.decision_log.get("path"):
@@ -127,8 +127,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("kronaxis-serve listening on http://%s:%s", s.host, s.port)
         uvicorn.Server(uvicorn.Config(app, **opts)).run()
         return {"host": str(s.host), "port": int(s.port), "workers": 1}
-    with open_dict(cfg):
-        cfg.bundle = str(Path(str(cfg.bundle)).expanduser().resolve()) if cfg.get("bundle") else cfg.get("bundle")
+    if cfg.get("bundle"):  # workers may start elsewhere: the absolute path
+        with open_dict(cfg):
+            cfg.bundle = str(Path(str(cfg.bundle)).expanduser().resolve())
     wcfg = per_worker(cfg, n)
     build_app(wcfg)  # fail here, with the config error, rather than in N workers that uvicorn keeps restarting
     spool = Path(tempfile.mkdtemp(prefix="kronaxis-serve-"))
@@ -136,7 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         (spool / "prometheus").mkdir()
         OmegaConf.save(wcfg, spool / "serve.yaml")
         os.environ[WORKER_CONFIG_ENV] = str(spool / "serve.yaml")
-        os.environ[PROMETHEUS_DIR_ENV] = str(spool / "prometheus")
+        os.environ[MULTIPROC_ENV] = str(spool / "prometheus")  # read by prometheus_client at its import
         log.info("kronaxis-serve listening on http://%s:%s with %d worker processes", s.host, s.port, n)
         uvicorn.run("kronaxis_lab.pipelines.serve:worker_app", factory=True, workers=n, **opts)
     finally:

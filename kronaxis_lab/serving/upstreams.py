@@ -78,15 +78,13 @@ class Upstreams:
 
         cls = get_class(backend_target)
         params = inspect.signature(cls).parameters
-        redact = {"error_text": error_summary} if "error_text" in params else {}
-        if "transport" in params:
-            redact["transport"] = SERVE_TRANSPORT
+        defaults = {k: v for k, v in (("error_text", error_summary), ("transport", SERVE_TRANSPORT)) if k in params}
         self.backends: dict[str, Any] = {}
         for name, spec in (models or {}).items():
             spec = dict(spec or {})
             if not spec.get("endpoints"):
                 raise ServeConfigError(f"upstreams.models.{name}: 'endpoints' is required (a non-empty list)")
-            kwargs = {**redact, **dict(client or {}), **spec}
+            kwargs = {**defaults, **dict(client or {}), **spec}
             try:
                 self.backends[str(name)] = cls(model=str(name), **kwargs)
             except (TypeError, ValueError) as e:
