@@ -8,10 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from scipy.special import expit, logit
 
 from kronaxis_lab.classifiers.base import Classifier, as_queries, check_fit_inputs, load_classifier
 from kronaxis_lab.classifiers.calibration import log_loss
-from kronaxis_lab.classifiers.ensemble import EnsembleRouter, fold_ids
+from kronaxis_lab.classifiers.ensemble import EnsembleRouter, fold_ids, routing_aiq, simplex_grid
 from tests.test_cluster_prior import MODELS, TFIDF, three_tasks
 
 GOOD = {"_target_": "kronaxis_lab.classifiers.cluster_prior.ClusterPriorRouter", "n_clusters": 3,
@@ -119,3 +120,40 @@ def test_bad_ensembles_fail_clearly(data):
         EnsembleRouter(members={"n": NOISE}).fit(["same"] * 4, Y[:4], MODELS)
     with pytest.raises(ValueError, match="config node with _target_"):
         EnsembleRouter(members={"n": {"k": 3}}).fit(q, Y, MODELS)
+
+
+def test_simplex_grid_and_bad_step():
+    g = simplex_grid(3, 0.25)
+    assert g.shape == (15, 3) and np.allclose(g.sum(axis=1), 1) and (g >= 0).all()
+    assert len({tuple(r) for r in g}) == 15 and simplex_grid(1, 0.1).tolist() == [[1.0]]
+    with pytest.raises(ValueError, match="blend_step must divide 1"):
+        simplex_grid(2, 0.3)
+
+
+def test_routing_aiq_ranks_an_informed_router_above_noise(data):
+    (_, _, _), (qv, Yv, _), _ = data
+    costs = [1.0, 3.0, 10.0][: len(MODELS)]
+    informed = np.clip(Yv + 0.1 * np.random.default_rng(0).standard_normal(Yv.shape), 0.01, 0.99)
+    noise = np.random.default_rng(1).uniform(0.01, 0.99, Yv.shape)
+    assert routing_aiq(informed, Yv, costs) > routing_aiq(noise, Yv, costs) + 0.05
+
+
+def test_blend_weighs_members_by_val_routing_quality_and_exports_as_logreg(data, tmp_path):
+    """The blend puts (almost) all weight on the good member: noise can only hurt the val routing AIQ. It
+    reports the weights and every member's own val AIQ, round-trips, and its P̂ is the logit blend."""
+    (q, Y, _), (qv, Yv, _), (qt, _, _) = data
+    costs = [1.0, 3.0, 10.0][: len(MODELS)]
+    ens = EnsembleRouter(members={"good": GOOD, "noise": NOISE}, combiner="blend", blend_step=0.1,
+                         show_progress=False).fit(q, Y, MODELS, qv, Yv, model_costs=costs)
+    rep = ens.report_["blend"]
+    assert rep["weights"]["good"] >= 0.8 and rep["val_aiq"] >= rep["val_aiq_members"]["good"]
+    assert rep["val_aiq_members"]["good"] > rep["val_aiq_members"]["noise"]
+    m = ens.member_predictions(qt)
+    w = np.array([rep["weights"]["good"], rep["weights"]["noise"]])
+    z = w[0] * logit(np.clip(m["good"], 1e-6, 1 - 1e-6)) + w[1] * logit(np.clip(m["noise"], 1e-6, 1 - 1e-6))
+    np.testing.assert_allclose(ens.predict_proba(qt), expit(z), atol=1e-9)
+    again = load_classifier(ens.save_pretrained(tmp_path / "b"))
+    np.testing.assert_allclose(again.predict_proba(qt), ens.predict_proba(qt), atol=1e-12)
+    assert "oof_log_loss" not in ens.report_  # one fit per member: no folds
+    no_val = EnsembleRouter(members={"good": GOOD, "noise": NOISE}, combiner="blend", show_progress=False)
+    assert np.allclose(no_val.fit(q, Y, MODELS).coef_, 0.5)  # without val data: equal weights

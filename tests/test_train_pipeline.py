@@ -1,12 +1,13 @@
 """Labels, calibration on a synthetic table with a known answer, and train → replay end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kronaxis_lab.classifiers.base import ClassifierLoadError
+from kronaxis_lab.classifiers.base import ClassifierLoadError, load_classifier
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.pipelines.compare import parse_spec, pick_policy_on_val
@@ -210,3 +211,45 @@ def test_compare_pipeline_trains_picks_policy_on_val_and_tabulates(tmp_path):
             compare_run(compose("compare", ["classifiers=[" + ",".join(f"'{b}'" for b in bad) + "]"], tmp_path / "bad"))
     with pytest.raises(KeyError, match="no replay entry for the classifier in /nope"):
         pick_policy_on_val(val, "/nope")
+
+
+def test_compare_blend_loads_its_trained_rows_and_weighs_them_on_val(tmp_path):
+    """blends={b:[tfidf,rules]}: an ensemble of the two trained rows, members loaded (not refitted), weights chosen
+    on val; it is a row (and a possible winner) like the others, with its members' training time in train_s."""
+    save_learnable(tmp_path / "ds", 300)
+    over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]",
+            "blends={mix:[tfidf,rules]}", "bootstrap.n=0"]
+    (r,) = compare_run(compose("compare", over, tmp_path))["results"]
+    by = {row["label"]: row for row in r["rows"] if row["kind"] == "classifier"}
+    assert set(by) == {"tfidf", "rules", "mix"} and by["mix"]["blend_of"] == ["tfidf", "rules"]
+    assert by["mix"]["train_s"] >= by["tfidf"]["train_s"] + by["rules"]["train_s"]
+    blend = load_classifier(tmp_path / "saved/train/mix/classifier")
+    assert blend.combiner == "blend" and set(blend.report_["blend"]["weights"]) == {"tfidf", "rules"}
+    texts = ["what is 2 + 2", "prove the Riemann hypothesis"]
+    member = load_classifier(tmp_path / "saved/train/tfidf/classifier")
+    np.testing.assert_allclose(blend.member_predictions(texts)["tfidf"], member.predict_proba(texts))  # loaded as is
+    assert by["mix"]["val_aiq"] >= max(by["tfidf"]["val_aiq"], by["rules"]["val_aiq"]) - 0.02
+    for bad in ("{tfidf:[tfidf,rules]}", "{m:[tfidf]}", "{m:[tfidf,nope]}"):
+        with pytest.raises(ValueError, match="blend"):
+            compare_run(compose("compare", [*over[:3], f"blends={bad}"], tmp_path / "bad"))
+
+
+def test_pretrained_member_refuses_a_classifier_fitted_on_other_data(tmp_path):
+    from kronaxis_lab.classifiers.ensemble import EnsembleRouter
+    from kronaxis_lab.classifiers.pretrained import PretrainedClassifier
+
+    save_learnable(tmp_path / "ds", 200)
+    cfg = compose("train", ["dataset=saved", f"dataset.path={tmp_path / 'ds'}", "classifier=tfidf_logreg"], tmp_path / "t")
+    res = train_run(cfg)
+    info = json.loads((Path(res["classifier_dir"]) / "train_info.json").read_text())
+    assert len(info["train_fingerprint"]) == 64
+    clf = res["classifier"]
+    q = ["a", "b", "c"]
+    Y = np.full((3, len(clf.model_names_)), 0.5)
+    with pytest.raises(ClassifierLoadError, match="fitted on other data"):
+        PretrainedClassifier(res["classifier_dir"]).fit(q, Y, clf.model_names_)
+    with pytest.raises(ClassifierLoadError, match="no train_info.json"):
+        PretrainedClassifier(str(tmp_path)).fit(q, Y, clf.model_names_)
+    node = {"_target_": "kronaxis_lab.classifiers.pretrained.PretrainedClassifier", "path": res["classifier_dir"]}
+    with pytest.raises(ValueError, match="cross-fitting"):
+        EnsembleRouter(members={"a": node, "b": node}, combiner="logreg").fit(q, Y, clf.model_names_)

@@ -23,6 +23,7 @@ reads them back from the signature, so classifier.json never needs a hand-kept l
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -179,6 +180,17 @@ def check_fit_inputs(
         vq = as_queries(val_queries, "val_queries")
         vy = check_targets(val_targets, len(vq), names, "val_targets")
     return FitInputs(q, y, names, vq, vy)
+
+
+def train_fingerprint(queries: Sequence[str], targets: np.ndarray, model_names: Sequence[str]) -> str:
+    """sha256 of what a classifier was fitted on: the query texts, the targets (NaN kept as NaN) and the model
+    names, in order. kronaxis-train stores it in train_info.json; a pretrained member checks it (no leak)."""
+    h = hashlib.sha256()
+    for part in (json.dumps([str(m) for m in model_names]), *queries):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    h.update(np.ascontiguousarray(np.asarray(targets, np.float64)).tobytes())
+    return h.hexdigest()
 
 
 # -- the contract ----------------------------------------------------------------------------------

@@ -17,6 +17,16 @@ with C_j chosen from `C_grid` by val log-loss (members refitted on all of train 
 read), else `C`. Finally every member is refitted on all of train; those refits are what `predict_proba`
 combines. `combiner: mean` averages the members' P̂ instead (no folds, no fit).
 
+`combiner: blend` fits each member once, on all of train, and picks one weight per member by a *routing* loss:
+
+    P̂_j(q) = σ(Σ_a w_a · logit P̂^a_j(q)),   w on the simplex (grid step `blend_step`)
+
+with w maximising the val AIQ of the willingness-to-pay sweep (accuracy = the val targets of the chosen model,
+cost = `model_costs`, the per-model train mean cost). Log-loss per column (`logreg`) rewards a better fit of each
+model's success on its own; routing quality depends on how the models rank within a query, which a shared weight
+on whole members keeps and the val AIQ measures. Without val data the weights are equal. It exports as a `logreg`
+combiner (coef_j = w, intercept 0), so a bundle needs nothing new.
+
 Members are config nodes (`_target_` + kwargs, instantiated afresh for every fold with hydra) or unfitted
 classifiers (cloned through their `get_config`). The YAML pulls them from their own files in
 configs/classifier/ (one source for each member's defaults). State: each fitted member in
@@ -38,6 +48,9 @@ from tqdm.auto import tqdm
 
 from kronaxis_lab.export.formats import save_arrays
 
+from kronaxis_lab.metrics import aiq
+from kronaxis_lab.routing.policies import WillingnessToPay
+
 from .base import Classifier, as_queries, check_fit_inputs, load_classifier, to_plain
 from .calibration import EPS, log_loss
 
@@ -46,7 +59,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "ensemble.npz"
 META_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
-COMBINERS = ("logreg", "mean")
+COMBINERS = ("logreg", "mean", "blend")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -67,6 +80,37 @@ def member_config(member: Any) -> dict[str, Any]:
     if not isinstance(node, dict) or "_target_" not in node:
         raise ValueError(f"an ensemble member must be a classifier or a config node with _target_, got {member!r}")
     return node
+
+
+def simplex_grid(n: int, step: float) -> np.ndarray:
+    """(k, n) every weight vector on the simplex whose entries are multiples of `step` (n = 1: [[1.0]])."""
+    units = int(round(1.0 / step))
+    if n < 1 or units < 1 or not np.isclose(units * step, 1.0):
+        raise ValueError(f"blend_step must divide 1 (e.g. 0.1, 0.25), got {step}")
+
+    def parts(k: int, left: int):
+        if k == 1:
+            yield (left,)
+            return
+        for first in range(left, -1, -1):
+            for rest in parts(k - 1, left - first):
+                yield (first, *rest)
+
+    return np.array(list(parts(n, units)), float) / units
+
+
+def routing_aiq(P: np.ndarray, Y: np.ndarray, costs: Sequence[float]) -> float:
+    """AIQ of the willingness-to-pay sweep over P̂ (n, m): quality = mean observed target of the chosen model
+    (NaN targets skipped), cost = mean `costs[choice]`; range [0, max cost] (RouterBench's calc_AIQ)."""
+    c = np.broadcast_to(np.asarray(costs, float), P.shape)
+    pol = WillingnessToPay()
+    lams = np.unique(np.r_[pol.default_params(P, c), pol.breakpoints(P, c)])
+    ch = pol.choose(P, c, lams)
+    got = np.take_along_axis(np.broadcast_to(Y, (len(lams), *Y.shape)), ch[..., None], axis=2)[..., 0]
+    quality = np.nanmean(np.where(np.isfinite(got), got, np.nan), axis=1)
+    spent = np.asarray(costs, float)[ch].mean(axis=1)
+    ok = np.isfinite(quality)
+    return aiq(spent[ok], quality[ok], 0.0, float(np.max(costs))) if ok.any() else float("nan")
 
 
 def _logits(P: np.ndarray) -> np.ndarray:
@@ -99,6 +143,7 @@ class EnsembleRouter(Classifier):
         C: float = 1.0,
         C_grid: Sequence[float] | None = None,
         max_iter: int = 1000,
+        blend_step: float = 0.1,
         seed: int = 0,
         show_progress: bool = True,
     ) -> None:
@@ -109,6 +154,7 @@ class EnsembleRouter(Classifier):
         self.C = C
         self.C_grid = C_grid
         self.max_iter = max_iter
+        self.blend_step = blend_step
         self.seed = seed
         self.show_progress = show_progress
 
@@ -145,7 +191,8 @@ class EnsembleRouter(Classifier):
     # -- combiner ---------------------------------------------------------------------------------
     def _features(self, preds: Mapping[str, np.ndarray], j: int) -> np.ndarray:
         """(n, F) combiner inputs of model j from the members' (n, m) predictions."""
-        cols = [_logits(P) if self.use_all_models else _logits(P[:, [j]]) for P in preds.values()]
+        every = self.use_all_models and self.combiner == "logreg"  # a blend weighs whole members
+        cols = [_logits(P) if every else _logits(P[:, [j]]) for P in preds.values()]
         return np.hstack(cols)
 
     def _combine(self, preds: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -156,6 +203,26 @@ class EnsembleRouter(Classifier):
         for j in range(len(self.model_names_)):
             out[:, j] = expit(self._features(preds, j) @ self.coef_[j] + self.intercept_[j])
         return out
+
+    def _fit_blend(self, val_preds: Mapping[str, np.ndarray] | None, vy: np.ndarray | None,
+                   costs: Sequence[float] | None) -> None:
+        """Member weights w (shared by every model) with the highest val routing AIQ; equal without val data."""
+        a, m = len(self.members_), len(self.model_names_)
+        grid = simplex_grid(a, float(self.blend_step))
+        w = np.full(a, 1.0 / a)
+        if val_preds is not None and vy is not None and len(vy):
+            costs = np.ones(m) if costs is None else np.asarray(costs, float)
+            if costs.shape != (m,):
+                raise ValueError(f"EnsembleRouter(blend): model_costs has {costs.size} entries for {m} models")
+            Z = np.stack([_logits(P) for P in val_preds.values()])  # (a, n, m)
+            scores = np.array([routing_aiq(expit(np.tensordot(g, Z, 1)), vy, costs) for g in
+                               tqdm(grid, desc="blend weights", disable=not self.show_progress)])
+            best = int(np.nanargmax(scores))
+            w = grid[best]
+            self.report_["blend"] = {"weights": dict(zip(self.members_, w.tolist())), "val_aiq": float(scores[best]),
+                                     "val_aiq_members": {n: routing_aiq(P, vy, costs) for n, P in val_preds.items()}}
+        self.coef_, self.intercept_ = np.tile(w, (m, 1)), np.zeros(m)
+        self.C_ = np.full(m, np.nan)
 
     def _fit_combiner(self, oof: Mapping[str, np.ndarray], y: np.ndarray,
                       val_preds: Mapping[str, np.ndarray] | None, vy: np.ndarray | None) -> None:
@@ -196,6 +263,10 @@ class EnsembleRouter(Classifier):
         nodes = self._member_nodes()
         self.model_names_ = model_names
         self.report_: dict[str, Any] = {}
+        pretrained = [n for n, node in nodes.items() if node["_target_"].endswith(".PretrainedClassifier")]
+        if pretrained and self.combiner == "logreg":
+            raise ValueError(f"EnsembleRouter: members {pretrained} are pretrained, and cross-fitting (combiner=logreg) "
+                             "refits every member on folds: use combiner=blend or mean")
         if self.combiner == "logreg":
             n_folds = min(int(self.n_folds), len(set(queries)))
             if n_folds < 2:
@@ -216,6 +287,8 @@ class EnsembleRouter(Classifier):
         val_preds = {n: np.asarray(m.predict_proba(vq), float) for n, m in self.members_.items()} if vq else None
         if self.combiner == "logreg":
             self._fit_combiner(oof, y, val_preds, vy)
+        elif self.combiner == "blend":
+            self._fit_blend(val_preds, vy, model_costs)
         if val_preds is not None:
             self.report_["val_log_loss"] = {**{n: log_loss(P, vy) for n, P in val_preds.items()},
                                             "ensemble": log_loss(self._combine(val_preds), vy)}
@@ -240,9 +313,10 @@ class EnsembleRouter(Classifier):
         nodes = {n: m.export_runtime(directory / n, **graph_options) for n, m in self.members_.items()}
         node: dict[str, Any] = {"kind": "kronaxis_lab.export.runtimes.StackedEnsembleRuntime",
                                 "label_order": list(self.model_names_), "members": list(nodes), "nodes": nodes,
-                                "combiner": self.combiner, "use_all_models": bool(self.use_all_models), "eps": EPS,
-                                "files": {}}
-        if self.combiner == "logreg":
+                                "combiner": "mean" if self.combiner == "mean" else "logreg",  # blend = logreg form
+                                "use_all_models": bool(self.use_all_models) and self.combiner == "logreg",
+                                "eps": EPS, "files": {}}
+        if self.combiner != "mean":
             save_arrays(directory / "combiner.npz", coef=self.coef_, intercept=self.intercept_)
             node["files"]["combiner"] = "combiner.npz"
         return node
@@ -250,7 +324,7 @@ class EnsembleRouter(Classifier):
     def save_state(self, directory: Path) -> None:
         for n, m in self.members_.items():
             m.save_pretrained(directory / MEMBERS_DIR / n)
-        if self.combiner == "logreg":
+        if self.combiner != "mean":
             np.savez(directory / STATE_FILE, coef=self.coef_, intercept=self.intercept_, C=self.C_)
         meta = {"members": list(self.members_), "report": self.report_}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -259,6 +333,6 @@ class EnsembleRouter(Classifier):
         meta = json.loads((directory / META_FILE).read_text())
         self.report_ = meta.get("report", {})
         self.members_ = {n: load_classifier(directory / MEMBERS_DIR / n) for n in meta["members"]}
-        if self.combiner == "logreg":
+        if self.combiner != "mean":
             with np.load(directory / STATE_FILE, allow_pickle=False) as z:
                 self.coef_, self.intercept_, self.C_ = z["coef"], z["intercept"], z["C"]

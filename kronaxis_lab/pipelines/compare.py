@@ -49,6 +49,7 @@ log = logging.getLogger("kronaxis_lab.compare")
 REFERENCES = ("oracle", "random", "task-prior+wtp (uses task label)")
 #: written beside each trained classifier: the kronaxis-train overrides it was trained with (for `resume`)
 SPEC_FILE = "compare_spec.json"
+PRETRAINED = "kronaxis_lab.classifiers.pretrained.PretrainedClassifier"
 COLUMNS = ["router", "inputs", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
            "val_aiq", "val_mean_auc", "train_s"]
 
@@ -134,9 +135,56 @@ def winner_line(dataset: str, w: dict[str, Any]) -> str:
             f"{f(w['test_aiq'])}; export: {w['export_command']}")
 
 
+def parse_blends(blends: Any, classifiers: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`blends: {label: [classifier label, ...]}` checked against the classifier labels."""
+    out: dict[str, list[str]] = {}
+    for label, members in (to_container(blends) or {}).items():
+        members = [str(m) for m in (members or [])]
+        if label in classifiers or "+" in label or "/" in label or "[" in label:
+            raise ValueError(f"compare: blend label {label!r} clashes with a classifier label or has '+', '/', '['")
+        unknown = [m for m in members if m not in classifiers]
+        if len(members) < 2 or unknown or len(set(members)) != len(members):
+            raise ValueError(f"compare: blends.{label} must list ≥ 2 distinct classifier labels of `classifiers` "
+                             f"({list(classifiers)}), got {members}")
+        out[str(label)] = members
+    return out
+
+
+def to_container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, str], trained: dict[str, dict[str, Any]],
+                out: Path, overrides: list[str], resume: bool) -> None:
+    """An ensemble (combiner=blend) of already-trained classifier rows: each member is loaded (PretrainedClassifier
+    checks it was fitted on this train split), only the member weights are fitted, on val."""
+    run_dir = out / "train" / label
+    spec = {"blend_of": {m: dirs[m] for m in members}, "overrides": [f"dataset={dataset}", *overrides]}
+    spec_file, metrics_file = run_dir / SPEC_FILE, run_dir / "train_metrics.json"
+    members_s = sum(float(trained[m].get("train_s") or 0.0) for m in members)
+    if resume and all(trained[m].get("reused") for m in members) and spec_file.is_file() \
+            and json.loads(spec_file.read_text()) == spec and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        own = float(metrics.get("train_seconds") or 0.0)
+    else:
+        cfg = compose("train", [f"dataset={dataset}", "classifier=ensemble", "classifier.combiner=blend", *overrides],
+                      run_dir)
+        with open_dict(cfg):
+            cfg.classifier.members = {m: {"_target_": PRETRAINED, "path": dirs[m]} for m in members}
+        t0 = time.perf_counter()
+        metrics = train_run(cfg)["metrics"]
+        own = time.perf_counter() - t0
+        spec_file.write_text(json.dumps(spec))
+    # the row's train_s is what the blend costs from scratch: its members' training plus its own weight search
+    trained[label] = {"train_s": members_s + own, "blend_s": own, "blend_of": members,
+                      "val_mean_auc": metrics.get("val", {}).get("mean_auc")}
+    dirs[label] = str(run_dir / "classifier")
+    log.info("[%s] blended %s from %s in %.0f s", dataset, label, members, own)
+
+
 def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str],
                 boot: dict[str, Any] | None = None, resume: bool = False,
-                metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+                metadata: dict[str, Any] | None = None, blends: dict[str, list[str]] | None = None) -> dict[str, Any]:
     dirs: dict[str, str] = {}
     trained: dict[str, dict[str, Any]] = {}
     for label, clf_over in classifiers.items():
@@ -160,6 +208,8 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
         dirs[label] = res["classifier_dir"]
         log.info("[%s] trained %s in %.0f s (val mean AUC %s)", dataset, label, trained[label]["train_s"],
                  trained[label]["val_mean_auc"])
+    for label, members in (blends or {}).items():
+        train_blend(dataset, label, members, dirs, trained, out, overrides, resume)
     dir_list = "[" + ",".join(dirs.values()) + "]"
     meta_over = []
     if metadata:
@@ -171,7 +221,7 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
                               out / "replay"))
     m, mv = test["metrics"], val["metrics"]
     rows = []
-    for label in classifiers:  # each classifier's entries carry their identity (classifier_dir, policy)
+    for label in trained:  # each classifier's entries carry their identity (classifier_dir, policy)
         best = pick_policy_on_val(mv, dirs[label])
         rows.append(_row(f"{label} ({m[best]['identity']['policy']})", m[best], entry=best, label=label,
                          kind="classifier", val_aiq=mv[best].get("aiq"), **trained[label]))
@@ -194,7 +244,7 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
         focus = boot.get("focus") or winner["label"]
         frow = next((r for r in rows if r["kind"] == "classifier" and r["label"] == focus), None)
         if frow is None:
-            raise ValueError(f"compare: bootstrap.focus '{focus}' is not one of the classifiers {list(classifiers)}")
+            raise ValueError(f"compare: bootstrap.focus '{focus}' is not one of the classifiers {list(trained)}")
         others = [r["entry"] for r in rows if r is not frow and not r["entry"].startswith("always:")
                   and r["entry"] != "oracle"]
         diffs = paired_bootstrap(res, frow["entry"], others, n_boot=int(boot["n"]), seed=int(boot.get("seed", 0)))
@@ -256,8 +306,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     boot = OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None
     meta = OmegaConf.to_container(cfg.metadata, resolve=True) if cfg.get("metadata") else None
+    blends = parse_blends(cfg.get("blends"), classifiers)
     results = [run_dataset(str(ds), classifiers, out / str(ds), overrides, boot, resume=bool(cfg.get("resume")),
-                           metadata=meta)
+                           metadata=meta, blends=blends)
                for ds in cfg.datasets]
     minutes = (time.perf_counter() - t0) / 60
     md = render_markdown(results, minutes)

@@ -19,6 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from kronaxis_lab.classifiers.base import train_fingerprint
 from kronaxis_lab.classifiers.calibration import val_calibration_metrics, with_calibration
 from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.labels import make_targets
@@ -75,7 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     clf_dir = clf.save_pretrained(out / "classifier")
     info = {"dataset": ds.name, "dataset_config": OmegaConf.to_container(cfg.dataset, resolve=True),
             "train_split": cfg.train_split, "val_split": cfg.val_split, "targets": tk, "fleet": ds.fleet.to_dict(),
-            "n_train": len(texts), "n_val": int(val.n)}
+            "n_train": len(texts), "n_val": int(val.n),
+            "train_fingerprint": train_fingerprint(texts, Y, ds.fleet.names)}  # checked by PretrainedClassifier
     info["dataset_config"].pop("fleet", None)
     (clf_dir / "train_info.json").write_text(json.dumps(info, indent=2, default=str))
     metrics: dict[str, Any] = {"classifier": type(clf).__name__, "train_seconds": train_s, "n_train": len(texts),
