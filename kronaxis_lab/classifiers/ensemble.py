@@ -60,6 +60,7 @@ STATE_FILE = "ensemble.npz"
 META_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
 COMBINERS = ("logreg", "mean", "blend")
+MAX_LAMBDAS = 2000  # λ values per routing-AIQ evaluation of a blend (its breakpoints beyond that: quantiles)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -104,7 +105,10 @@ def routing_aiq(P: np.ndarray, Y: np.ndarray, costs: Sequence[float]) -> float:
     (NaN targets skipped), cost = mean `costs[choice]`; range [0, max cost] (RouterBench's calc_AIQ)."""
     c = np.broadcast_to(np.asarray(costs, float), P.shape)
     pol = WillingnessToPay()
-    lams = np.unique(np.r_[pol.default_params(P, c), pol.breakpoints(P, c)])
+    breaks = pol.breakpoints(P, c)
+    if breaks.size > MAX_LAMBDAS:  # bounded memory on a large val split: quantiles of the breakpoints
+        breaks = np.quantile(breaks, np.linspace(0, 1, MAX_LAMBDAS))
+    lams = np.unique(np.r_[pol.default_params(P, c), breaks])
     ch = pol.choose(P, c, lams)
     got = np.take_along_axis(np.broadcast_to(Y, (len(lams), *Y.shape)), ch[..., None], axis=2)[..., 0]
     quality = np.nanmean(np.where(np.isfinite(got), got, np.nan), axis=1)
@@ -205,12 +209,14 @@ class EnsembleRouter(Classifier):
         return out
 
     def _fit_blend(self, val_preds: Mapping[str, np.ndarray] | None, vy: np.ndarray | None,
-                   costs: Sequence[float] | None) -> None:
+                   costs: Mapping[str, float] | Sequence[float] | None) -> None:
         """Member weights w (shared by every model) with the highest val routing AIQ; equal without val data."""
         a, m = len(self.members_), len(self.model_names_)
         grid = simplex_grid(a, float(self.blend_step))
         w = np.full(a, 1.0 / a)
         if val_preds is not None and vy is not None and len(vy):
+            if isinstance(costs, Mapping):
+                costs = [costs[n] for n in self.model_names_]
             costs = np.ones(m) if costs is None else np.asarray(costs, float)
             if costs.shape != (m,):
                 raise ValueError(f"EnsembleRouter(blend): model_costs has {costs.size} entries for {m} models")
