@@ -369,7 +369,7 @@ def test_blend_ensemble_exports_as_the_logreg_runtime_and_replays_as_served(work
     gives the classifier's P̂ and replays as it serves."""
     from kronaxis_lab.pipelines.train import run as train_run
 
-    out = work / "train_blend"
+    out = work / "train_ens_blend"
     cfg = compose("train", ["dataset=saved", f"dataset.path={dataset_dir}", "classifier=ensemble",
                             "classifier.combiner=blend", "classifier.blend_step=0.25", "~classifier.members.knn",
                             "~classifier.members.mf", "classifier.members.cluster_prior.features=tfidf"], out)
@@ -377,10 +377,10 @@ def test_blend_ensemble_exports_as_the_logreg_runtime_and_replays_as_served(work
     train_run(cfg)
     clf = load_classifier(out / "classifier")
     assert set(clf.report_["blend"]["weights"]) == {"tfidf", "cluster_prior"}
-    bundle_dir = export(out, work / "export_blend")
+    bundle_dir = export(out, work / "export_ens_blend")
     assert_no_pickle(bundle_dir)
     b = load_bundle(bundle_dir)
     texts = texts_of(dataset_dir, "test") + ["", "prove " * 300]
     P_clf = np.asarray(clf.predict_proba(texts), float)[:, [clf.model_names_.index(m) for m in b.model_names]]
     np.testing.assert_allclose(b.predict_proba(texts, "fp32"), P_clf, atol=1e-6)
-    assert_replay_is_serving(bundle_dir, dataset_dir, work / "replay_blend")
+    assert_replay_is_serving(bundle_dir, dataset_dir, work / "replay_ens_blend")

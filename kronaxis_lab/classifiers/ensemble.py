@@ -47,12 +47,12 @@ from scipy.special import expit, logit
 from tqdm.auto import tqdm
 
 from kronaxis_lab.export.formats import save_arrays
-
 from kronaxis_lab.metrics import aiq
 from kronaxis_lab.routing.policies import WillingnessToPay
 
 from .base import Classifier, as_queries, check_fit_inputs, load_classifier, to_plain
 from .calibration import EPS, log_loss
+from .pretrained import TARGET as PRETRAINED_TARGET
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,10 @@ class EnsembleRouter(Classifier):
         nodes = self._member_nodes()
         self.model_names_ = model_names
         self.report_: dict[str, Any] = {}
-        pretrained = [n for n, node in nodes.items() if node["_target_"].endswith(".PretrainedClassifier")]
+        pretrained = [n for n, node in nodes.items() if node["_target_"] == PRETRAINED_TARGET]
         if pretrained and self.combiner == "logreg":
-            raise ValueError(f"EnsembleRouter: members {pretrained} are pretrained, and cross-fitting (combiner=logreg) "
-                             "refits every member on folds: use combiner=blend or mean")
+            raise ValueError(f"EnsembleRouter: members {pretrained} are pretrained, and cross-fitting "
+                             "(combiner=logreg) refits every member on folds: use combiner=blend or mean")
         if self.combiner == "logreg":
             n_folds = min(int(self.n_folds), len(set(queries)))
             if n_folds < 2:

@@ -22,6 +22,7 @@ import numpy as np
 from .base import Classifier, ClassifierLoadError, check_fit_inputs, load_classifier, train_fingerprint
 
 INFO_FILE = "train_info.json"
+TARGET = f"{__name__}.PretrainedClassifier"  # the `_target_` of a pretrained member node
 
 
 class PretrainedClassifier(Classifier):

@@ -37,6 +37,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from kronaxis_lab.classifiers.pretrained import TARGET as PRETRAINED_TARGET
 from kronaxis_lab.pipelines.common import CONFIG_DIR, output_dir
 from kronaxis_lab.pipelines.replay import run as replay_run
 from kronaxis_lab.pipelines.train import run as train_run
@@ -49,7 +50,6 @@ log = logging.getLogger("kronaxis_lab.compare")
 REFERENCES = ("oracle", "random", "task-prior+wtp (uses task label)")
 #: written beside each trained classifier: the kronaxis-train overrides it was trained with (for `resume`)
 SPEC_FILE = "compare_spec.json"
-PRETRAINED = "kronaxis_lab.classifiers.pretrained.PretrainedClassifier"
 COLUMNS = ["router", "inputs", "aiq", "savings_at_95pct_premium", "cpao_at_95pct_premium", "max_accuracy", "apgr",
            "val_aiq", "val_mean_auc", "train_s"]
 
@@ -138,7 +138,7 @@ def winner_line(dataset: str, w: dict[str, Any]) -> str:
 def parse_blends(blends: Any, classifiers: dict[str, list[str]]) -> dict[str, list[str]]:
     """`blends: {label: [classifier label, ...]}` checked against the classifier labels."""
     out: dict[str, list[str]] = {}
-    for label, members in (to_container(blends) or {}).items():
+    for label, members in (blends or {}).items():
         members = [str(m) for m in (members or [])]
         if label in classifiers or "+" in label or "/" in label or "[" in label:
             raise ValueError(f"compare: blend label {label!r} clashes with a classifier label or has '+', '/', '['")
@@ -148,10 +148,6 @@ def parse_blends(blends: Any, classifiers: dict[str, list[str]]) -> dict[str, li
                              f"({list(classifiers)}), got {members}")
         out[str(label)] = members
     return out
-
-
-def to_container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, str], trained: dict[str, dict[str, Any]],
@@ -170,7 +166,7 @@ def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, st
         cfg = compose("train", [f"dataset={dataset}", "classifier=ensemble", "classifier.combiner=blend", *overrides],
                       run_dir)
         with open_dict(cfg):
-            cfg.classifier.members = {m: {"_target_": PRETRAINED, "path": dirs[m]} for m in members}
+            cfg.classifier.members = {m: {"_target_": PRETRAINED_TARGET, "path": dirs[m]} for m in members}
         t0 = time.perf_counter()
         metrics = train_run(cfg)["metrics"]
         own = time.perf_counter() - t0
@@ -306,7 +302,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     boot = OmegaConf.to_container(cfg.bootstrap, resolve=True) if cfg.get("bootstrap") else None
     meta = OmegaConf.to_container(cfg.metadata, resolve=True) if cfg.get("metadata") else None
-    blends = parse_blends(cfg.get("blends"), classifiers)
+    blends = parse_blends(OmegaConf.to_container(cfg.blends, resolve=True) if cfg.get("blends") else None, classifiers)
     results = [run_dataset(str(ds), classifiers, out / str(ds), overrides, boot, resume=bool(cfg.get("resume")),
                            metadata=meta, blends=blends)
                for ds in cfg.datasets]

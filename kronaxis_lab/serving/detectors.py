@@ -1507,7 +1507,8 @@ class BodyScanner:
     def count_many(self, bodies: Sequence[Any]) -> list[dict[str, int]]:
         views = [body_texts(b) for b in bodies]
         # a seam view counts only findings at its seams: without seams (a single value) it is not scanned
-        texts = [t for v in views for t in (v.apart, v.pairs if v.pair_seams else "", v.digits if v.digit_seams else "")]
+        texts = [t for v in views
+                 for t in (v.apart, v.pairs if v.pair_seams else "", v.digits if v.digit_seams else "")]
         scanned = [i for i, t in enumerate(texts) if t]
         with pinned([texts[i] for i in scanned], already_normalised=True):
             hits = self.policy.scan([texts[i] for i in scanned])
