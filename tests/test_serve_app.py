@@ -251,6 +251,31 @@ def test_batcher_runs_the_policy_per_key_group_and_isolates_failures():
     assert sorted(calls, key=str) == sorted([(4, "x1"), (2, "x10"), (2, "bad")], key=str)  # one call per key
 
 
+def test_a_request_that_fills_a_batch_runs_alone_without_waiting_for_the_gathering_batch():
+    """A 1-text request opens a batch that waits (60 s) for more; a request of max_batch texts does not queue
+    behind it: it is answered on its own predict call while the small one is still waiting."""
+    sizes: list[int] = []
+
+    def predict(texts: list[str]) -> np.ndarray:
+        sizes.append(len(texts))
+        return np.array([[float(t.split()[-1]), 0.0] for t in texts])
+
+    async def main() -> list[int]:
+        b = InferenceBatcher(predict, None, max_batch=4, max_wait_ms=60_000)
+        await b.start()
+        try:
+            small = asyncio.ensure_future(b.predict(["q 7"]))
+            await asyncio.sleep(0)  # the batcher holds the small request and waits for more
+            P, _ = await asyncio.wait_for(b.predict([f"q {i}" for i in range(4)]), 30)
+            assert np.array_equal(P[:, 0], [0, 1, 2, 3]) and not small.done()
+            small.cancel()
+            return sizes
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) == [4]
+
+
 def test_classifier_failure_fails_open_to_premium_or_503():
     with ServerThread(router(FakeBundle(fail=True))) as r:
         d = route(r.url, {"messages": EASY}).json()

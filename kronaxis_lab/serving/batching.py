@@ -41,7 +41,8 @@ class InferenceBatcher:
         predict_fn: batch function, list of n texts → (n, m) array (e.g. `bundle.predict_proba`).
         post_fn: optional `(P, texts, key) -> (n,) array` run per key group on the batch (e.g. the policy);
             an exception there fails only that group's requests.
-        max_batch: most texts per `predict_fn` call (a single request with more texts runs alone).
+        max_batch: most texts per `predict_fn` call; a request with at least this many texts runs alone, in its
+            own thread, without waiting for the batcher.
         max_wait_ms: longest wait for more texts after the first one arrived.
         enabled: False = no batching across requests.
         on_batch: callback(n_texts) per `predict_fn` call (metrics).
@@ -102,7 +103,9 @@ class InferenceBatcher:
         texts = list(texts)
         if not texts:
             raise ValueError("InferenceBatcher.predict: empty batch")
-        if not self.enabled:
+        if not self.enabled or len(texts) >= self.max_batch:
+            # a request that fills a batch would run alone anyway: in its own thread, beside the batcher, so big
+            # requests overlap (tokenizers and numpy release the GIL) instead of queueing behind one another
             return await asyncio.to_thread(self._solo, texts, key)
         if not self._tasks or self._queue is None:
             await self.start()
