@@ -103,18 +103,18 @@ def simplex_grid(n: int, step: float) -> np.ndarray:
 def routing_aiq(P: np.ndarray, Y: np.ndarray, costs: Sequence[float]) -> float:
     """AIQ of the willingness-to-pay sweep over P̂ (n, m): quality = mean observed target of the chosen model
     (NaN targets skipped), cost = mean `costs[choice]`; range [0, max cost] (RouterBench's calc_AIQ)."""
-    c = np.broadcast_to(np.asarray(costs, float), P.shape)
+    # not metrics.choices_metrics_batch: it refuses a NaN target in a chosen cell, and the contract's NaN (an
+    # unobserved outcome) is skipped here
+    cost = np.asarray(costs, float)
+    c = np.broadcast_to(cost, P.shape)
     pol = WillingnessToPay()
     breaks = pol.breakpoints(P, c)
     if breaks.size > MAX_LAMBDAS:  # bounded memory on a large val split: quantiles of the breakpoints
         breaks = np.quantile(breaks, np.linspace(0, 1, MAX_LAMBDAS))
-    lams = np.unique(np.r_[pol.default_params(P, c), breaks])
-    ch = pol.choose(P, c, lams)
-    got = np.take_along_axis(np.broadcast_to(Y, (len(lams), *Y.shape)), ch[..., None], axis=2)[..., 0]
-    quality = np.nanmean(np.where(np.isfinite(got), got, np.nan), axis=1)
-    spent = np.asarray(costs, float)[ch].mean(axis=1)
+    ch = pol.choose(P, c, np.unique(np.r_[pol.default_params(P, c), breaks]))  # (k, n)
+    quality = np.nanmean(Y[np.arange(len(Y)), ch], axis=1)
     ok = np.isfinite(quality)
-    return aiq(spent[ok], quality[ok], 0.0, float(np.max(costs))) if ok.any() else float("nan")
+    return aiq(cost[ch].mean(axis=1)[ok], quality[ok], 0.0, float(cost.max())) if ok.any() else float("nan")
 
 
 def _logits(P: np.ndarray) -> np.ndarray:
@@ -193,10 +193,14 @@ class EnsembleRouter(Classifier):
         return "task"
 
     # -- combiner ---------------------------------------------------------------------------------
+    @property
+    def every_model_column(self) -> bool:
+        """Whether model j's combiner reads every model's column (`use_all_models`; a blend weighs whole members)."""
+        return bool(self.use_all_models) and self.combiner == "logreg"
+
     def _features(self, preds: Mapping[str, np.ndarray], j: int) -> np.ndarray:
         """(n, F) combiner inputs of model j from the members' (n, m) predictions."""
-        every = self.use_all_models and self.combiner == "logreg"  # a blend weighs whole members
-        cols = [_logits(P) if every else _logits(P[:, [j]]) for P in preds.values()]
+        cols = [_logits(P) if self.every_model_column else _logits(P[:, [j]]) for P in preds.values()]
         return np.hstack(cols)
 
     def _combine(self, preds: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -320,7 +324,7 @@ class EnsembleRouter(Classifier):
         node: dict[str, Any] = {"kind": "kronaxis_lab.export.runtimes.StackedEnsembleRuntime",
                                 "label_order": list(self.model_names_), "members": list(nodes), "nodes": nodes,
                                 "combiner": "mean" if self.combiner == "mean" else "logreg",  # blend = logreg form
-                                "use_all_models": bool(self.use_all_models) and self.combiner == "logreg",
+                                "use_all_models": self.every_model_column,
                                 "eps": EPS, "files": {}}
         if self.combiner != "mean":
             save_arrays(directory / "combiner.npz", coef=self.coef_, intercept=self.intercept_)

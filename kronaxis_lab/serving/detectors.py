@@ -1510,8 +1510,9 @@ class BodyScanner:
         texts = [t for v in views
                  for t in (v.apart, v.pairs if v.pair_seams else "", v.digits if v.digit_seams else "")]
         scanned = [i for i, t in enumerate(texts) if t]
-        with pinned([texts[i] for i in scanned], already_normalised=True):
-            hits = self.policy.scan([texts[i] for i in scanned])
+        nonempty = [texts[i] for i in scanned]
+        with pinned(nonempty, already_normalised=True):
+            hits = self.policy.scan(nonempty)
         found: list[list[Finding]] = [[] for _ in texts]
         for i, f in zip(scanned, hits):
             found[i] = f
