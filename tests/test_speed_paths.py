@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import expit
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from kronaxis_lab.classifiers.tfidf import TfidfLogRegRouter
 from kronaxis_lab.export.runtimes import OnnxGraph, RuntimeOptions, SentenceEncoder, TfidfFeatures, load_runtime
+from kronaxis_lab.routing import ngrams
 from kronaxis_lab.routing.costs import CostModel, OutputTokenModel
 from tests.conftest import MINILM
 
@@ -185,3 +188,23 @@ def test_tfidf_linear_runtime_equals_one_matvec_per_model(tmp_path):
                     for j, c in enumerate(rt.constant)], axis=1)
     got = rt.predict_proba(probe, "fp32")
     assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(st.sampled_from("aZ9 _-.'é日ßİ\u0301\u00a0\u2028\n") | st.characters(), max_size=40),
+                min_size=1, max_size=6))
+def test_shared_ngrams_equal_each_sklearn_analyzer_in_any_order(docs):
+    """The memo is shared by analyzers that strip accents and one that does not: each still gets its own n-grams."""
+    vecs = [TfidfVectorizer(ngram_range=(1, 2), strip_accents=s) for s in (None, "unicode", "ascii")]
+    pairs = [(ngrams.analyzer_for(v), v.build_analyzer()) for v in vecs]
+    for doc in docs + docs[::-1]:
+        for ours, theirs in pairs[::-1] + pairs:
+            assert ours(doc) == theirs(doc)
+
+
+def test_ngram_sharing_is_only_for_the_settings_it_reproduces():
+    assert ngrams.supports(OutputTokenModel.hashing_vectorizer(16))
+    assert ngrams.supports(TfidfVectorizer(ngram_range=(1, 2), strip_accents="unicode"))
+    for kw in (dict(), dict(ngram_range=(1, 2), lowercase=False), dict(ngram_range=(1, 2), stop_words="english"),
+               dict(ngram_range=(1, 2), token_pattern=r"\w+"), dict(ngram_range=(1, 2), analyzer="char")):
+        assert not ngrams.supports(TfidfVectorizer(**kw))

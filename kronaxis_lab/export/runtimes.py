@@ -42,6 +42,7 @@ import importlib
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -60,6 +61,7 @@ from kronaxis_lab.classifiers.rules import RuleRouter
 from kronaxis_lab.export.formats import POOLING, head_tail_keep, load_arrays, load_tfidf_vectorizer
 from kronaxis_lab.export.schema import RUNTIME_PACKAGE, VARIANT_FILES, BundleError, tree_variants
 from kronaxis_lab.export.wordpiece import AsciiWordPieceCounter
+from kronaxis_lab.routing import ngrams
 
 log = logging.getLogger(__name__)
 
@@ -638,7 +640,8 @@ class TfidfFeatures:
     def __init__(self, vectorizer: Any) -> None:
         self.vectorizer = vectorizer
         v = vectorizer
-        self.analyzer = v.build_analyzer()
+        # sklearn's n-grams, shared with the output-token model where the settings agree (routing/ngrams.py)
+        self.analyzer = ngrams.analyzer_for(v) if ngrams.supports(v) else v.build_analyzer()
         self.vocabulary: Mapping[str, int] = v.vocabulary_
         self.n_features = len(self.vocabulary)
         idf = getattr(v, "idf_", None)  # as TfidfTransformer: × idf only when it has one
@@ -652,16 +655,13 @@ class TfidfFeatures:
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         if not self.fast:
             return self.vectorizer.transform(texts)
-        vocab, analyze = self.vocabulary, self.analyzer
+        vocab_get, analyze = self.vocabulary.get, self.analyzer
         indices: list[int] = []
         values: list[int] = []
         indptr = [0]
         for doc in texts:
-            counter: dict[int, int] = {}
-            for feature in analyze(doc):
-                j = vocab.get(feature)
-                if j is not None:
-                    counter[j] = counter.get(j, 0) + 1
+            counter = Counter(map(vocab_get, analyze(doc)))  # C-level counting; None = out of vocabulary
+            counter.pop(None, None)
             indices.extend(counter)
             values.extend(counter.values())
             indptr.append(len(indices))

@@ -36,6 +36,7 @@ from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 from kronaxis_lab.data.fleet import Fleet
 from kronaxis_lab.data.tables import Matrices
+from kronaxis_lab.routing import ngrams
 
 
 class CostModelError(ValueError):
@@ -93,7 +94,8 @@ class OutputTokenModel:
         self._vectorizer = self.hashing_vectorizer(self.n_features)
         # `HashingVectorizer.transform` = hasher over the analyzer's n-grams, then l2 rows: built once here and
         # run without its per-call validation (half of a batch-1 decision); `hashed` checks it is the same
-        self._analyzer = self._vectorizer.build_analyzer()
+        # the n-grams are shared with a TF-IDF classifier reading the same prompt (routing/ngrams.py)
+        self._analyzer = ngrams.word_ngrams if ngrams.supports(self._vectorizer) else self._vectorizer.build_analyzer()
         v = self._vectorizer
         self._hasher = FeatureHasher(n_features=v.n_features, input_type="string", dtype=v.dtype,
                                      alternate_sign=v.alternate_sign)
