@@ -492,3 +492,35 @@ def test_false_positive_rate_on_gsm8k_and_mmlu(scanner, shared_data):
         qs += [json.loads(line)["question"] for line in f]
     flagged = [q for q, c in zip(qs, scanner.count_many([chat(q) for q in qs])) if c]
     assert len(qs) > 10_000 and len(flagged) / len(qs) < 0.01, flagged[:10]
+
+
+# -- cheap pre-tests: each must only skip work that could find nothing ---------------------------------------
+_GATE_WORDS = [w.decode() for _, ws in det.SecretDetector.GATES.values() for w in ws]
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.sampled_from(_GATE_WORDS + ["Authorization: Bearer ", "https://u:p@h", "1234567890:AA",
+                                                         "AUTHORISATION=", "ToKeN  ", "-----BEGIN RSA PRIVATE KEY-----"]),
+                          st.text(st.characters(max_codepoint=0x7f), max_size=12),
+                          st.text(alphabet="AAbcdefghiJKMNOPrstuvwxyz0123456789-_:/.@ \n", min_size=8, max_size=60)),
+                max_size=8).map("".join), st.booleans())
+def test_secret_gates_close_only_patterns_that_cannot_match(text, mangle):
+    if mangle:  # case changes and cut literals
+        text = "".join(c.swapcase() if i % 3 == 0 else c for i, c in enumerate(text))
+    sd = det.SecretDetector()
+    data = det.normalised(text).data
+    for name in sd.GATES:
+        if not sd.gate_open(name, data, data.lower()):
+            assert getattr(sd, name).search(data) is None, (name, text)
+
+
+@FUZZ
+@given(st.text(alphabet="0123456789 -./()\t\n,'_\\x+", max_size=80),
+       st.sampled_from([("card", det.CARD_SEP, 4, 13), ("phone", det.PHONE_SEP, 3, 7), ("none", det.NO_SEP, 0, 9),
+                        ("card", det.CARD_SEP, 1, 5)]))
+def test_chain_pattern_is_exactly_a_long_enough_digit_chain(text, case):
+    _, sep, gap, n = case
+    nt = det.normalised(text)
+    ch = det.digit_chains(nt.arr, sep, gap)
+    longest = int(ch.c_digits.max()) if ch.c_first.size else 0
+    assert (det.chain_pattern(sep, gap, n).search(nt.data) is not None) == (longest >= n), text
