@@ -23,6 +23,22 @@ def machine_info() -> dict[str, Any]:
             "system": f"{platform.system()} {platform.release()}", "loadavg_1m": os.getloadavg()[0]}
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs since boot (/proc/stat; (0, 0) elsewhere): on a shared VM the time the
+    hypervisor gave our vCPUs to someone else, which no process CPU time shows."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """CPU steal between two `cpu_ticks` readings, % of all CPU time."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else None
+
+
 def machine() -> str:
     m = machine_info()
     return f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['system']}"
