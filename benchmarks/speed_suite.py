@@ -11,7 +11,8 @@ Runs, one after the other on the same machine (each as its own process, each rew
    and policy as the quality bundle);
 2. `route_throughput.py` — decisions/s through `POST /v1/route` of a real `kronaxis-serve` at concurrency 64:
    quality with micro-batching on and off and TF-IDF, each as 1 router process and as `--workers` processes
-   (`server.workers`); TF-IDF with 16 and with 64 decisions per request (`{"requests": [...]}`); the demo's winner and the
+   (`server.workers`); TF-IDF with 16 and with 64 decisions per request (`{"requests": [...]}`, 3 interleaved runs
+   each, judged on the median: the shared VM's speed drifts between runs); the demo's winner and the
    ensemble as `--workers` processes;
 3. `gateway_overhead.py` — direct / kronaxis forward-only / kronaxis classify+forward (the winner's bundle when
    given, else quality) / LiteLLM proxy on one local upstream, each gateway as `--workers` processes: latency
@@ -63,7 +64,7 @@ def steps(args: argparse.Namespace, out: Path, write: Path) -> list[tuple[str, l
                 ["route_throughput.py", "--bundle", f"tfidf={args.tfidf}", "--modes", "on", "--workers", w,
                  "--route-batch", str(k), "--requests", "40" if tiny else str(32000 // k),
                  "--concurrency", "4" if tiny else "16", "--max-seconds", "10" if tiny else "20",
-                 "--warmup", "4" if tiny else "50", "--goal", "tfidf=5000",
+                 "--warmup", "4" if tiny else "50", "--goal", "tfidf=5000", "--repeat", "1" if tiny else "3",
                  "--json", str(out / f"route_throughput_batched{k}.json")]) for k in (16, 64)]
     more = [x for k, v in (("winner", args.winner), ("ensemble", args.ensemble)) if v for x in ("--bundle", f"{k}={v}")]
     thr4 = ["route_throughput.py", *more, "--modes", "on", "--workers", w, *thr_common,

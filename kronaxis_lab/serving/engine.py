@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -383,8 +384,11 @@ class RoutingEngine:
                 return self.fail_open(n, e)
         policy, param = (self.policy_name, self.policy_param) if spec is None else (spec.name, spec.param)
         shown = param if param is None else f"{float(param):g}"
-        reasons = [[f"policy {policy}({shown}) -> {self.names[pref[i]]} (P={P[i, pref[i]]:.3f})"] for i in range(n)]
-        scores = [{name: round(float(P[i, j]), 4) for j, name in enumerate(self.names)} for i in range(n)]
+        # Python floats and ints once per batch: numpy scalar indexing per row and model costs more than the rest
+        names, rows, picks = self.names, np.asarray(P, dtype=float).tolist(), np.asarray(pref).tolist()
+        head = f"policy {policy}({shown}) -> "
+        reasons = [[f"{head}{names[j]} (P={row[j]:.3f})"] for row, j in zip(rows, picks)]
+        scores = [dict(zip(names, [round(x, 4) for x in row])) for row in rows]
         return _Draft(pref.copy(), policy, param, reasons, scores, sticky=True)  # later stages adjust pref
 
     def passthrough(self, n: int, forced: int) -> _Draft:
@@ -480,7 +484,11 @@ class RoutingEngine:
         # scanned off the event loop (whatever the size), so other requests and /healthz keep flowing meanwhile;
         # scan and guard in one hop (a thread hop costs about as much CPU as the guard itself)
         g = await self.off_loop(self.scan_and_guard, convs, draft.pref, available)
-        return [self._decision(i, draft, g) for i in range(len(convs))]
+        out = [self._decision(i, draft, g) for i in range(len(convs))]
+        if self.metrics:  # one increment per (model, tier) of the batch, not one label lookup per decision
+            for (model, tier), k in Counter((d.model, d.tier) for d in out if d.model is not None).items():
+                self.metrics.decisions.labels(model=model, tier=str(tier)).inc(k)
+        return out
 
     def scan_and_guard(self, convs: Sequence[Conversation], pref: np.ndarray,
                        available: np.ndarray | None) -> GovernanceDecision:
@@ -506,8 +514,6 @@ class RoutingEngine:
                 action = "refused" if chosen is None else "rerouted"
                 for c in classes or ["unknown"]:
                     self.metrics.governance_blocks.labels(action=action, data_class=c).inc()
-        if self.metrics and chosen is not None:
-            self.metrics.decisions.labels(model=self.names[chosen], tier=str(int(self.tiers[chosen]))).inc()
         return Decision(model=None if chosen is None else self.names[chosen],
                         tier=None if chosen is None else int(self.tiers[chosen]),
                         scores=draft.scores[i], reasons=reasons, policy=draft.policy,
