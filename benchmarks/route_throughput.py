@@ -68,26 +68,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_router(bundle: str, port: int, overrides: list[str], log_path: Path) -> subprocess.Popen:
+def healthz_pid(port: int) -> int | None:
+    """The pid of the router process that answers /healthz on a new connection (None: not ready)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return None
+    try:
+        return int(json.loads(body).get("pid", 0)) or None
+    except ValueError:
+        return None
+
+
+def start_router(bundle: str, port: int, overrides: list[str], log_path: Path, workers: int = 1) -> subprocess.Popen:
+    """Start `kronaxis-serve` and return once `workers` distinct router processes have answered /healthz: a load
+    that starts while one is still loading its bundle would open every keep-alive connection to the others."""
     exe = Path(sys.executable).with_name("kronaxis-serve")
     cmd = [str(exe) if exe.exists() else "kronaxis-serve", f"bundle={bundle}", "server.host=127.0.0.1",
            f"server.port={port}", "server.log_level=warning", f"hydra.run.dir={log_path.parent / 'hydra'}", *overrides]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 180
+    seen: set[int] = set()
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"router exited with {proc.returncode}; see {log_path}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc
-        except OSError:
-            pass
+        pid = healthz_pid(port)
+        if pid is not None:
+            seen.add(pid)
+            if len(seen) >= workers:
+                return proc
+            time.sleep(0.05)  # then another new connection: it may reach another process
+            continue
         time.sleep(0.3)
     proc.kill()
-    raise SystemExit(f"router did not become healthy in 180 s; see {log_path}")
+    raise SystemExit(f"router did not get {workers} healthy process(es) in 180 s (saw {len(seen)}); see {log_path}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -216,7 +238,7 @@ def run_mode(args: argparse.Namespace, name: str, bundle: str, mode: str, querie
     port = free_port()
     overrides = [f"settings.batching.enabled={'true' if mode == 'on' else 'false'}", f"server.workers={workers}",
                  f"settings.limits.max_route_batch={max(1024, args.route_batch)}", *args.override]
-    proc = start_router(bundle, port, overrides, workdir / f"router-{name}-{mode}-{workers}.log")
+    proc = start_router(bundle, port, overrides, workdir / f"router-{name}-{mode}-{workers}.log", workers)
     try:
         k = args.route_batch
         if k == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -338,6 +339,7 @@ def test_no_upstreams_route_answers_chat_is_503():
         assert err["code"] == "no_upstreams" and "upstreams" in err["message"]
         health = httpx.get(r.url + "/healthz").json()
         assert health["status"] == "ok" and health["upstreams"] == [] and health["models"] == ["small", "big"]
+        assert health["pid"] == os.getpid()  # the process that answered (here the test's own)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
 import traceback
 from contextlib import asynccontextmanager
@@ -570,7 +571,8 @@ class RouterService:
         e = self.engine
         if self.keys is not None and CURRENT_KEY_ID.get() is None:
             return {"status": "ok"}  # open to liveness probes; the details only with a key
-        return {"status": "ok", "bundle": str(self.bundle.dir), "models": e.names,
+        return {"status": "ok", "pid": os.getpid(),  # which router process answered (server.workers > 1)
+                "bundle": str(self.bundle.dir), "models": e.names,
                 "tiers": [int(t) for t in e.tiers], "premium": e.premium,
                 "policy": {"name": e.policy_name, "param": e.policy_param},
                 "upstreams": self.upstreams.names, "batching": self.settings.batching.model_dump(),
