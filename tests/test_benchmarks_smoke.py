@@ -25,6 +25,7 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))  # the scripts import their sibling route_throughput (benchmarks/ is no package)
 
 import bench_common  # noqa: E402
+import cpu_pulse  # noqa: E402
 import gateway_overhead  # noqa: E402
 import route_throughput  # noqa: E402
 
@@ -75,6 +76,14 @@ def test_load_generator_against_the_local_upstream(tmp_path):
         assert wrong_field["errors"] == 3 and "200 without" in wrong_field["error_examples"][0]
     finally:
         route_throughput.stop(proc)
+
+
+def test_cpu_pulse_counts_each_second_and_steal_is_a_share(capsys):
+    out = cpu_pulse.main(["--seconds", "2"])
+    assert len(out) == 2 and all(n > 0 and cpu > 0 for n, cpu in out)
+    assert "iterations per second" in capsys.readouterr().out
+    assert bench_common.steal_percent((5, 100), (15, 300)) == 5.0
+    assert bench_common.steal_percent((5, 100), (5, 100)) is None
 
 
 def test_write_block_replaces_only_its_block(tmp_path):
