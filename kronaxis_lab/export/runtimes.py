@@ -641,7 +641,7 @@ class TfidfFeatures:
         self.vectorizer = vectorizer
         v = vectorizer
         # sklearn's n-grams, shared with the output-token model where the settings agree (routing/ngrams.py)
-        self.analyzer = ngrams.analyzer_for(v) if ngrams.supports(v) else v.build_analyzer()
+        self.analyzer = ngrams.analyzer_for(v)
         self.vocabulary: Mapping[str, int] = v.vocabulary_
         self.n_features = len(self.vocabulary)
         idf = getattr(v, "idf_", None)  # as TfidfTransformer: × idf only when it has one

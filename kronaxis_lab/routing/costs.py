@@ -95,7 +95,7 @@ class OutputTokenModel:
         # `HashingVectorizer.transform` = hasher over the analyzer's n-grams, then l2 rows: built once here and
         # run without its per-call validation (half of a batch-1 decision); `hashed` checks it is the same
         # the n-grams are shared with a TF-IDF classifier reading the same prompt (routing/ngrams.py)
-        self._analyzer = ngrams.word_ngrams if ngrams.supports(self._vectorizer) else self._vectorizer.build_analyzer()
+        self._analyzer = ngrams.analyzer_for(self._vectorizer)
         v = self._vectorizer
         self._hasher = FeatureHasher(n_features=v.n_features, input_type="string", dtype=v.dtype,
                                      alternate_sign=v.alternate_sign)

@@ -51,9 +51,10 @@ def supports(vectorizer: Any) -> bool:
 
 
 def analyzer_for(vectorizer: Any) -> Callable[[str], list[str]]:
-    """`vectorizer.build_analyzer()`, sharing `word_ngrams` where it agrees with it (`supports` must hold)."""
+    """`vectorizer.build_analyzer()`, sharing `word_ngrams` where it agrees with it (settings `supports` does not
+    cover: sklearn's own analyzer)."""
     if not supports(vectorizer):
-        raise ValueError(f"analyzer_for: unsupported vectorizer settings {vectorizer.get_params()}")
+        return vectorizer.build_analyzer()
     if vectorizer.strip_accents is None:
         return word_ngrams
     own = vectorizer.build_analyzer()  # non-ASCII text: accents are stripped, so the n-grams differ

@@ -657,9 +657,9 @@ class CardDetector(NormalisingDetector):
         return np.concatenate(ks), np.concatenate(es)
 
     def find_bytes(self, nt: NormText) -> list[tuple[int, int]]:
-        arr = nt.arr
         if not self.may_match(nt):
             return []
+        arr = nt.arr
         ch = nt.chains(CARD_SEP, self.max_separator_run)
         k, e = self._windows(arr, ch)
         if k.size == 0:
@@ -963,6 +963,7 @@ class PhoneDetector(NormalisingDetector):
     """
 
     default_name = "phone"
+    _MAX_GAP = 3  # separator bytes between the digit groups of one number
 
     def __init__(self, name: str | None = None, context_window: int = 30, keywords: Sequence[str] = PHONE_KEYWORDS,
                  regions: Sequence[str] = PHONE_REGIONS, max_candidates: int = 200, max_national: int = 16) -> None:
@@ -974,7 +975,7 @@ class PhoneDetector(NormalisingDetector):
         self.context_window = context_window
         self.regions = tuple(regions)
         self._kw = compile_re2("(?i)" + alternation(keywords))
-        self._long_chain = chain_pattern(PHONE_SEP, 3, 7)
+        self._long_chain = chain_pattern(PHONE_SEP, self._MAX_GAP, 7)
 
     def may_match(self, nt: NormText) -> bool:
         """False only where `find_bytes` finds nothing: no chain of ≥ 7 digits (every candidate is one)."""
@@ -984,7 +985,7 @@ class PhoneDetector(NormalisingDetector):
         arr, data = nt.arr, nt.data
         if not self.may_match(nt):
             return []
-        ch = nt.chains(PHONE_SEP, 3)
+        ch = nt.chains(PHONE_SEP, self._MAX_GAP)
         nd = ch.c_digits
         cand = np.flatnonzero((nd >= 7) & (nd <= 15))
         if cand.size == 0:
