@@ -218,10 +218,11 @@ def test_compare_blend_loads_its_trained_rows_and_weighs_them_on_val(tmp_path):
     on val; it is a row (and a possible winner) like the others, with its members' training time in train_s."""
     save_learnable(tmp_path / "ds", 300)
     over = ["datasets=[saved]", f"overrides=['dataset.path={tmp_path / 'ds'}']", "classifiers=[tfidf:tfidf_logreg,rules]",
-            "blends={mix:[tfidf,rules]}", "bootstrap.n=0"]
+            "blends={mix:[tfidf,rules],avg:{members:[rules,tfidf],combiner:mean}}", "bootstrap.n=0"]
     (r,) = compare_run(compose("compare", over, tmp_path))["results"]
     by = {row["label"]: row for row in r["rows"] if row["kind"] == "classifier"}
-    assert set(by) == {"tfidf", "rules", "mix"} and by["mix"]["blend_of"] == ["tfidf", "rules"]
+    assert set(by) == {"tfidf", "rules", "mix", "avg"} and by["mix"]["blend_of"] == ["tfidf", "rules"]
+    assert by["mix"]["combiner"] == "blend" and by["avg"]["combiner"] == "mean"
     assert by["mix"]["train_s"] >= by["tfidf"]["train_s"] + by["rules"]["train_s"]
     blend = load_classifier(tmp_path / "saved/train/mix/classifier")
     assert blend.combiner == "blend" and set(blend.report_["blend"]["weights"]) == {"tfidf", "rules"}
@@ -229,7 +230,12 @@ def test_compare_blend_loads_its_trained_rows_and_weighs_them_on_val(tmp_path):
     member = load_classifier(tmp_path / "saved/train/tfidf/classifier")
     np.testing.assert_allclose(blend.member_predictions(texts)["tfidf"], member.predict_proba(texts))  # loaded as is
     assert by["mix"]["val_aiq"] >= max(by["tfidf"]["val_aiq"], by["rules"]["val_aiq"]) - 0.02
-    for bad in ("{tfidf:[tfidf,rules]}", "{m:[tfidf]}", "{m:[tfidf,nope]}"):
+    avg = load_classifier(tmp_path / "saved/train/avg/classifier")  # combiner=mean: the members' plain average
+    rules = load_classifier(tmp_path / "saved/train/rules/classifier")
+    assert avg.combiner == "mean" and "blend" not in avg.report_
+    np.testing.assert_allclose(avg.predict_proba(texts), (member.predict_proba(texts) + rules.predict_proba(texts)) / 2)
+    for bad in ("{tfidf:[tfidf,rules]}", "{m:[tfidf]}", "{m:[tfidf,nope]}", "{m:{members:[tfidf,rules],combiner:logreg}}",
+                "{m:{members:[tfidf,rules],weights:[1,2]}}"):
         with pytest.raises(ValueError, match="blend"):
             compare_run(compose("compare", [*over[:3], f"blends={bad}"], tmp_path / "bad"))
 

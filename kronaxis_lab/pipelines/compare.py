@@ -135,27 +135,41 @@ def winner_line(dataset: str, w: dict[str, Any]) -> str:
             f"{f(w['test_aiq'])}; export: {w['export_command']}")
 
 
-def parse_blends(blends: Any, classifiers: dict[str, list[str]]) -> dict[str, list[str]]:
-    """`blends: {label: [classifier label, ...]}` checked against the classifier labels."""
-    out: dict[str, list[str]] = {}
-    for label, members in (blends or {}).items():
-        members = [str(m) for m in (members or [])]
+#: the ensemble combiners a blend row may use (configs/classifier/ensemble.yaml): no combiner refits a member
+BLEND_COMBINERS = ("blend", "mean")
+
+
+def parse_blends(blends: Any, classifiers: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """`blends: {label: [classifier label, ...]}` (weights chosen on val, combiner=blend), or `{label: {members: [...],
+    combiner: mean}}` (the plain average of the members' P̂, e.g. seeds of one classifier), checked against the
+    classifier labels → {label: {members, combiner}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for label, spec in (blends or {}).items():
+        spec = dict(spec) if isinstance(spec, dict) else {"members": spec}
+        combiner = str(spec.pop("combiner", "blend"))
+        members = [str(m) for m in (spec.pop("members", None) or [])]
+        if spec or combiner not in BLEND_COMBINERS:
+            raise ValueError(f"compare: blends.{label} takes `members` and `combiner` (one of {BLEND_COMBINERS}); "
+                             f"got combiner {combiner!r} and extra keys {sorted(spec)}")
         if label in classifiers or "+" in label or "/" in label or "[" in label:
             raise ValueError(f"compare: blend label {label!r} clashes with a classifier label or has '+', '/', '['")
         unknown = [m for m in members if m not in classifiers]
         if len(members) < 2 or unknown or len(set(members)) != len(members):
             raise ValueError(f"compare: blends.{label} must list ≥ 2 distinct classifier labels of `classifiers` "
                              f"({list(classifiers)}), got {members}")
-        out[str(label)] = members
+        out[str(label)] = {"members": members, "combiner": combiner}
     return out
 
 
-def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, str], trained: dict[str, dict[str, Any]],
-                out: Path, overrides: list[str], resume: bool) -> None:
-    """An ensemble (combiner=blend) of already-trained classifier rows: each member is loaded (PretrainedClassifier
-    checks it was fitted on this train split), only the member weights are fitted, on val."""
+def train_blend(dataset: str, label: str, blend: dict[str, Any], dirs: dict[str, str],
+                trained: dict[str, dict[str, Any]], out: Path, overrides: list[str], resume: bool) -> None:
+    """An ensemble of already-trained classifier rows: each member is loaded (PretrainedClassifier checks it was
+    fitted on this train split); combiner=blend fits only the member weights, on val; combiner=mean fits nothing."""
     run_dir = out / "train" / label
+    members, combiner = blend["members"], blend["combiner"]
     spec = {"blend_of": {m: dirs[m] for m in members}, "overrides": [f"dataset={dataset}", *overrides]}
+    if combiner != "blend":  # the spec of a weighted blend is unchanged, so its earlier runs are still reused
+        spec["combiner"] = combiner
     spec_file, metrics_file = run_dir / SPEC_FILE, run_dir / "train_metrics.json"
     members_s = sum(float(trained[m].get("train_s") or 0.0) for m in members)
     if resume and all(trained[m].get("reused") for m in members) and spec_file.is_file() \
@@ -163,8 +177,8 @@ def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, st
         metrics = json.loads(metrics_file.read_text())
         own = float(metrics.get("train_seconds") or 0.0)
     else:
-        cfg = compose("train", [f"dataset={dataset}", "classifier=ensemble", "classifier.combiner=blend", *overrides],
-                      run_dir)
+        cfg = compose("train", [f"dataset={dataset}", "classifier=ensemble", f"classifier.combiner={combiner}",
+                                *overrides], run_dir)
         with open_dict(cfg):
             cfg.classifier.members = {m: {"_target_": PRETRAINED_TARGET, "path": dirs[m]} for m in members}
         t0 = time.perf_counter()
@@ -172,7 +186,7 @@ def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, st
         own = time.perf_counter() - t0
         spec_file.write_text(json.dumps(spec))
     # the row's train_s is what the blend costs from scratch: its members' training plus its own weight search
-    trained[label] = {"train_s": members_s + own, "blend_s": own, "blend_of": members,
+    trained[label] = {"train_s": members_s + own, "blend_s": own, "blend_of": members, "combiner": combiner,
                       "val_mean_auc": metrics.get("val", {}).get("mean_auc")}
     dirs[label] = str(run_dir / "classifier")
     log.info("[%s] blended %s from %s in %.0f s", dataset, label, members, own)
@@ -180,7 +194,8 @@ def train_blend(dataset: str, label: str, members: list[str], dirs: dict[str, st
 
 def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, overrides: list[str],
                 boot: dict[str, Any] | None = None, resume: bool = False,
-                metadata: dict[str, Any] | None = None, blends: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                metadata: dict[str, Any] | None = None,
+                blends: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     dirs: dict[str, str] = {}
     trained: dict[str, dict[str, Any]] = {}
     for label, clf_over in classifiers.items():
@@ -204,8 +219,8 @@ def run_dataset(dataset: str, classifiers: dict[str, list[str]], out: Path, over
         dirs[label] = res["classifier_dir"]
         log.info("[%s] trained %s in %.0f s (val mean AUC %s)", dataset, label, trained[label]["train_s"],
                  trained[label]["val_mean_auc"])
-    for label, members in (blends or {}).items():
-        train_blend(dataset, label, members, dirs, trained, out, overrides, resume)
+    for label, blend in (blends or {}).items():
+        train_blend(dataset, label, blend, dirs, trained, out, overrides, resume)
     dir_list = "[" + ",".join(dirs.values()) + "]"
     meta_over = []
     if metadata:
