@@ -157,3 +157,72 @@ def test_blend_weighs_members_by_val_routing_quality_and_exports_as_logreg(data,
     assert "oof_log_loss" not in ens.report_  # one fit per member: no folds
     no_val = EnsembleRouter(members={"good": GOOD, "noise": NOISE}, combiner="blend", show_progress=False)
     assert np.allclose(no_val.fit(q, Y, MODELS).coef_, 0.5)  # without val data: equal weights
+
+
+class PeekRouter(NoiseRouter):
+    """Reads the cheap model's outcome off the text ("ok" / "bad") on queries of its own `kind` ("long" / "short"),
+    loud noise on the others (logits up to ±9, which drown a blended member's ±2.9); the premium model always
+    succeeds."""
+
+    def __init__(self, kind: str = "long"):
+        self.kind = kind
+
+    def predict_proba(self, queries):
+        noise = expit(18 * (super().predict_proba(queries)[:, 0] - 0.5))
+        own = np.array([q.startswith(self.kind) for q in as_queries(queries)])
+        cheap = np.where(own, np.where([" ok " in q for q in as_queries(queries)], 0.95, 0.05), noise)
+        return np.column_stack([cheap, np.full(len(cheap), 0.9)])
+
+
+def test_blend_weights_follow_the_per_query_costs_replay_charges():
+    """Two members, each reading the cheap model's outcome on one kind of query (100 short, 40 long, a long query's
+    premium call 20× a short one's). Priced per model (the mean $) and priced per query as replay prices it
+    (`val_costs`), the best blend differs; the priced blend's weights beat the flat blend's under replay's pricing,
+    and its reported val AIQ is the best of the grid under those costs."""
+    rng = np.random.default_rng(0)
+
+    def split(n_short, n_long, tag):
+        kinds = ["short"] * n_short + ["long"] * n_long
+        ok = rng.random(len(kinds)) < 0.5
+        q = [f"{k} {'ok' if o else 'bad'} {tag}{i}" for i, (k, o) in enumerate(zip(kinds, ok))]
+        Y = np.column_stack([ok.astype(float), np.ones(len(q))])
+        premium = np.array([20.0 if k == "long" else 1.0 for k in kinds])
+        return q, Y, np.column_stack([np.full(len(q), 0.01), premium])
+
+    (q, Y, _), (qv, Yv, cv) = split(40, 10, "t"), split(100, 40, "v")
+    members = {"longs": {"_target_": "tests.test_ensemble.PeekRouter", "kind": "long"},
+               "shorts": {"_target_": "tests.test_ensemble.PeekRouter", "kind": "short"}}
+    names, flat_costs = ["cheap", "premium"], cv.mean(axis=0).tolist()
+    flat = EnsembleRouter(members=members, combiner="blend", show_progress=False).fit(
+        q, Y, names, qv, Yv, model_costs=flat_costs)
+    priced = EnsembleRouter(members=members, combiner="blend", show_progress=False).fit(
+        q, Y, names, qv, Yv, model_costs=flat_costs, val_costs=(cv, cv))
+    rf, rp = flat.report_["blend"], priced.report_["blend"]
+    assert rp["costs"].startswith("per-query") and rf["costs"].startswith("constant")
+    assert rf["weights"]["longs"] != pytest.approx(rp["weights"]["longs"])
+    Z = {n: logit(np.clip(P, 1e-6, 1 - 1e-6)) for n, P in priced.member_predictions(qv).items()}
+
+    def replay_aiq(w):
+        return routing_aiq(expit(w * Z["longs"] + (1 - w) * Z["shorts"]), Yv, cv, cv)
+
+    assert rp["val_aiq"] == pytest.approx(max(replay_aiq(w) for w in np.linspace(0, 1, 11)))
+    assert rp["val_aiq"] > replay_aiq(rf["weights"]["longs"]) + 1e-3
+    assert priced.wants_val_costs() and not EnsembleRouter(members=members, combiner="mean").wants_val_costs()
+    with pytest.raises(ValueError, match="val_costs have shapes"):
+        EnsembleRouter(members=members, combiner="blend", show_progress=False).fit(
+            q, Y, names, qv, Yv, val_costs=(cv[:5], cv))
+
+
+def test_routing_aiq_decides_on_expected_and_charges_realized_costs(data):
+    """Per-query costs equal to the per-model ones give the same AIQ; charging other (recorded) costs than the ones
+    decided on changes it; a realized matrix of the wrong shape fails."""
+    _, (qv, Yv, _), _ = data
+    P = np.random.default_rng(1).uniform(0.05, 0.95, Yv.shape)
+    costs = np.array([1.0, 3.0, 10.0][: Yv.shape[1]])
+    full = np.tile(costs, (len(Yv), 1))
+    assert routing_aiq(P, Yv, full) == pytest.approx(routing_aiq(P, Yv, costs))
+    assert routing_aiq(P, Yv, costs, full) == pytest.approx(routing_aiq(P, Yv, costs))
+    assert routing_aiq(P, Yv, costs, full * np.linspace(0.1, 3, len(Yv))[:, None]) != pytest.approx(
+        routing_aiq(P, Yv, costs))
+    with pytest.raises(ValueError, match="realized costs have shape"):
+        routing_aiq(P, Yv, costs, full[:3])

@@ -226,6 +226,7 @@ def test_compare_blend_loads_its_trained_rows_and_weighs_them_on_val(tmp_path):
     assert by["mix"]["train_s"] >= by["tfidf"]["train_s"] + by["rules"]["train_s"]
     blend = load_classifier(tmp_path / "saved/train/mix/classifier")
     assert blend.combiner == "blend" and set(blend.report_["blend"]["weights"]) == {"tfidf", "rules"}
+    assert blend.report_["blend"]["costs"].startswith("per-query")  # kronaxis-train priced val as replay does
     texts = ["what is 2 + 2", "prove the Riemann hypothesis"]
     member = load_classifier(tmp_path / "saved/train/tfidf/classifier")
     np.testing.assert_allclose(blend.member_predictions(texts)["tfidf"], member.predict_proba(texts))  # loaded as is

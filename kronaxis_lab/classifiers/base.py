@@ -228,6 +228,13 @@ class Classifier(ABC):
         The train pipeline passes them when the dataset has the column (else `tasks=None`)."""
         return None
 
+    def wants_val_costs(self) -> bool:
+        """True: `fit` also takes `val_costs=(expected, recorded)`, each (n_val, m): the decision-time expected $ of
+        every val query under the one cost model (kronaxis_lab.routing.costs, fitted on train, as replay fits it)
+        and its recorded $, so that a choice made on val is scored the way replay scores it. False (the default):
+        the train pipeline does not build them."""
+        return False
+
     @abstractmethod
     def predict_proba(self, queries: Sequence[str] | str) -> np.ndarray:
         """Return (n, n_models) success probabilities; a single string is treated as a batch of one."""

@@ -219,6 +219,7 @@ class CalibratedClassifier(Classifier):
         *,
         model_costs: Mapping[str, float] | Sequence[float] | None = None,
         tasks: Sequence[Any] | None = None,
+        val_costs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> "CalibratedClassifier":
         """Fit the base on train (val passed on for its early stopping), then the calibrator on val."""
         if self.base is None:
@@ -228,11 +229,16 @@ class CalibratedClassifier(Classifier):
         if not vq:
             raise ValueError("CalibratedClassifier.fit: calibration is fitted on val, and no val data was given")
         extra = {"tasks": tasks} if self.base.task_labels_column() else {}
+        if self.base.wants_val_costs():
+            extra["val_costs"] = val_costs
         self.base.fit(queries, y, model_names, vq, vy, model_costs=model_costs, **extra)
         return self.fit_calibration(vq, vy)
 
     def task_labels_column(self) -> str | None:
         return self.base.task_labels_column() if self.base is not None else None
+
+    def wants_val_costs(self) -> bool:
+        return self.base.wants_val_costs() if self.base is not None else False
 
     def fit_calibration(self, val_queries: Sequence[str], val_targets: np.ndarray) -> "CalibratedClassifier":
         """(Re)fit only the calibrator, on an already fitted base."""

@@ -100,21 +100,28 @@ def simplex_grid(n: int, step: float) -> np.ndarray:
     return np.array(list(parts(n, units)), float) / units
 
 
-def routing_aiq(P: np.ndarray, Y: np.ndarray, costs: Sequence[float]) -> float:
+def routing_aiq(P: np.ndarray, Y: np.ndarray, costs: Sequence[float] | np.ndarray,
+                realized: np.ndarray | None = None) -> float:
     """AIQ of the willingness-to-pay sweep over P̂ (n, m): quality = mean observed target of the chosen model
-    (NaN targets skipped), cost = mean `costs[choice]`; range [0, max cost] (RouterBench's calc_AIQ)."""
+    (NaN targets skipped), cost = mean $ of the chosen cells; range [0, the dearest model's mean $] (RouterBench's
+    calc_AIQ). `costs`: what the policy decides on, (m,) per model or (n, m) per query (the cost model's expected
+    $); `realized`: (n, m) what each choice is charged (the recorded $, as replay charges it; None: `costs`)."""
     # not metrics.choices_metrics_batch: it refuses a NaN target in a chosen cell, and the contract's NaN (an
     # unobserved outcome) is skipped here
-    cost = np.asarray(costs, float)
-    c = np.broadcast_to(cost, P.shape)
+    c = np.broadcast_to(np.asarray(costs, float), P.shape)
+    paid = c if realized is None else np.asarray(realized, float)
+    if paid.shape != P.shape:
+        raise ValueError(f"routing_aiq: realized costs have shape {paid.shape}, predictions {P.shape}")
     pol = WillingnessToPay()
     breaks = pol.breakpoints(P, c)
     if breaks.size > MAX_LAMBDAS:  # bounded memory on a large val split: quantiles of the breakpoints
         breaks = np.quantile(breaks, np.linspace(0, 1, MAX_LAMBDAS))
     ch = pol.choose(P, c, np.unique(np.r_[pol.default_params(P, c), breaks]))  # (k, n)
-    quality = np.nanmean(Y[np.arange(len(Y)), ch], axis=1)
+    rows = np.arange(len(Y))
+    quality = np.nanmean(Y[rows, ch], axis=1)
     ok = np.isfinite(quality)
-    return aiq(cost[ch].mean(axis=1)[ok], quality[ok], 0.0, float(cost.max())) if ok.any() else float("nan")
+    hi = float(paid.mean(axis=0).max())
+    return aiq(paid[rows, ch].mean(axis=1)[ok], quality[ok], 0.0, hi) if ok.any() else float("nan")
 
 
 def _logits(P: np.ndarray) -> np.ndarray:
@@ -192,6 +199,10 @@ class EnsembleRouter(Classifier):
         """The ensemble takes the `task` column and hands it to the members that learn from task labels."""
         return "task"
 
+    def wants_val_costs(self) -> bool:
+        """A blend scores its weights by the val routing AIQ, priced as replay prices it."""
+        return self.combiner == "blend"
+
     # -- combiner ---------------------------------------------------------------------------------
     @property
     def every_model_column(self) -> bool:
@@ -213,24 +224,37 @@ class EnsembleRouter(Classifier):
         return out
 
     def _fit_blend(self, val_preds: Mapping[str, np.ndarray] | None, vy: np.ndarray | None,
-                   costs: Mapping[str, float] | Sequence[float] | None) -> None:
-        """Member weights w (shared by every model) with the highest val routing AIQ; equal without val data."""
+                   costs: Mapping[str, float] | Sequence[float] | None,
+                   val_costs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Member weights w (shared by every model) with the highest val routing AIQ; equal without val data.
+        With `val_costs` (expected, recorded), each query is decided on its expected $ and charged its recorded $,
+        as replay does; else on the constant per-model `costs`."""
         a, m = len(self.members_), len(self.model_names_)
         grid = simplex_grid(a, float(self.blend_step))
         w = np.full(a, 1.0 / a)
         if val_preds is not None and vy is not None and len(vy):
-            if isinstance(costs, Mapping):
-                costs = [costs[n] for n in self.model_names_]
-            costs = np.ones(m) if costs is None else np.asarray(costs, float)
-            if costs.shape != (m,):
-                raise ValueError(f"EnsembleRouter(blend): model_costs has {costs.size} entries for {m} models")
+            if val_costs is not None:
+                decide, paid = (np.asarray(c, float) for c in val_costs)
+                if decide.shape != vy.shape or paid.shape != vy.shape:
+                    raise ValueError(f"EnsembleRouter(blend): val_costs have shapes {decide.shape} and {paid.shape}, "
+                                     f"the val targets {vy.shape}")
+                basis = "per-query expected $ (cost model), recorded $ charged"
+            else:
+                if isinstance(costs, Mapping):
+                    costs = [costs[n] for n in self.model_names_]
+                decide = np.ones(m) if costs is None else np.asarray(costs, float)
+                if decide.shape != (m,):
+                    raise ValueError(f"EnsembleRouter(blend): model_costs has {decide.size} entries for {m} models")
+                paid, basis = None, "constant $ per model"
             Z = np.stack([_logits(P) for P in val_preds.values()])  # (a, n, m)
-            scores = np.array([routing_aiq(expit(np.tensordot(g, Z, 1)), vy, costs) for g in
+            scores = np.array([routing_aiq(expit(np.tensordot(g, Z, 1)), vy, decide, paid) for g in
                                tqdm(grid, desc="blend weights", disable=not self.show_progress)])
             best = int(np.nanargmax(scores))
             w = grid[best]
             self.report_["blend"] = {"weights": dict(zip(self.members_, w.tolist())), "val_aiq": float(scores[best]),
-                                     "val_aiq_members": {n: routing_aiq(P, vy, costs) for n, P in val_preds.items()}}
+                                     "costs": basis,
+                                     "val_aiq_members": {n: routing_aiq(P, vy, decide, paid)
+                                                         for n, P in val_preds.items()}}
         self.coef_, self.intercept_ = np.tile(w, (m, 1)), np.zeros(m)
         self.C_ = np.full(m, np.nan)
 
@@ -264,6 +288,7 @@ class EnsembleRouter(Classifier):
         *,
         model_costs: Mapping[str, float] | Sequence[float] | None = None,
         tasks: Sequence[Any] | None = None,
+        val_costs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> "EnsembleRouter":
         if self.combiner not in COMBINERS:
             raise ValueError(f"combiner '{self.combiner}' is not one of {COMBINERS}")
@@ -298,7 +323,7 @@ class EnsembleRouter(Classifier):
         if self.combiner == "logreg":
             self._fit_combiner(oof, y, val_preds, vy)
         elif self.combiner == "blend":
-            self._fit_blend(val_preds, vy, model_costs)
+            self._fit_blend(val_preds, vy, model_costs, val_costs)
         if val_preds is not None:
             self.report_["val_log_loss"] = {**{n: log_loss(P, vy) for n, P in val_preds.items()},
                                             "ensemble": log_loss(self._combine(val_preds), vy)}

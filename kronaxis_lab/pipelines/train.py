@@ -23,6 +23,7 @@ from kronaxis_lab.classifiers.base import train_fingerprint
 from kronaxis_lab.classifiers.calibration import val_calibration_metrics, with_calibration
 from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.labels import make_targets
+from kronaxis_lab.routing.routers import ReplayContext
 from kronaxis_lab.tracking import is_main_process, tracked, world_size
 
 log = logging.getLogger("kronaxis_lab.train")
@@ -44,6 +45,14 @@ def eval_predictions(P: np.ndarray, Y: np.ndarray, names: list[str]) -> dict[str
     out["mean_auc"] = float(np.mean(aucs)) if aucs else None
     out["brier"] = float(np.mean((P - Y) ** 2)) if P.size else None
     return out
+
+
+def val_costs(cfg: DictConfig, ds: Any, val: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, recorded) $ of every val query, each (n_val, m): the expected $ exactly as kronaxis-replay computes
+    them (ReplayContext: the one cost model, fitted on the whole train split, prompt tokens from `cfg.tokenizer`)."""
+    counter = build(cfg.tokenizer, "token counter") if cfg.get("tokenizer") else None
+    ctx = ReplayContext(test=val, fleet=ds.fleet, train=ds.matrices(cfg.train_split), val=val, token_counter=counter)
+    return ctx.expected_cost_for(val), np.asarray(val.costs, float)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -69,6 +78,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     col = clf.task_labels_column()  # e.g. the task prior learns p(task | text) from the train labels
     extra = {"tasks": train.queries[col].tolist() if col in train.queries else None} if col else {}
+    if clf.wants_val_costs() and val.n:  # e.g. a blend picks its weights by val AIQ, priced as replay prices it
+        extra["val_costs"] = val_costs(cfg, ds, val)
     clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, model_costs=costs, **extra)
     train_s = time.perf_counter() - t0
     if not is_main_process():  # DDP (torchrun): every rank holds the same weights; rank 0 saves and evaluates
