@@ -123,3 +123,28 @@ def test_bad_options_fail_clearly():
         ClusterPriorRouter(assignment="fuzzy", **TFIDF).fit(q, Y, MODELS)
     with pytest.raises(ValueError, match="no training queries"):
         ClusterPriorRouter(**TFIDF).fit([], np.zeros((0, 3)), MODELS)
+
+
+def test_a_classifier_predicts_each_split_once_for_all_its_policies(tmp_path):
+    """Every policy of one trained classifier reads one ClassifierPredictor: the classifier predicts the replayed
+    split once, and each policy gets the same P̂ as a fresh predictor's (a copy: a router cannot alter another's)."""
+    from kronaxis_lab.routing.policies import Threshold
+
+    q, Y, tasks = three_tasks(100, 0)
+    qt, Yt, tt = three_tasks(30, 1)
+    clf_dir = ClusterPriorRouter(n_clusters=3, assignment="hard", **TFIDF).fit(q, Y, MODELS).save_pretrained(
+        tmp_path / "cp")
+    fleet = Fleet.from_config({"models": {m: {"tier": i, "price_in": p, "price_out": p}
+                                          for i, (m, p) in enumerate(zip(MODELS, [1, 4, 20]))}})
+    shared = ClassifierPredictor(str(clf_dir))
+    calls = []
+    inner = shared.clf.predict_proba
+    shared.clf.predict_proba = lambda texts: calls.append(len(texts)) or inner(texts)
+    routers = [PolicyRouter(shared, WillingnessToPay(), "wtp"), PolicyRouter(shared, Threshold(), "thr"),
+               PolicyRouter(ClassifierPredictor(str(clf_dir)), WillingnessToPay(), "fresh")]
+    res = replay_matrices(_mats(qt, Yt, tt), fleet, routers, train=_mats(q, Y, tasks))
+    assert calls == [len(qt)]
+    np.testing.assert_array_equal(res.results["wtp"].predictions, res.results["fresh"].predictions)
+    np.testing.assert_array_equal(res.results["thr"].predictions, res.results["fresh"].predictions)
+    res.results["wtp"].predictions[:] = -1
+    assert (shared.predict(res.ctx) >= 0).all() and calls == [len(qt)]

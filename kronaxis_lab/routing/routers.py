@@ -172,15 +172,27 @@ class Predictor(ABC):
 
 
 class ClassifierPredictor(Predictor):
-    """P̂ from a trained classifier directory (`kronaxis-train` output), columns reordered to the fleet."""
+    """P̂ from a trained classifier directory (`kronaxis-train` output), columns reordered to the fleet. One
+    predictor serves every policy of its classifier, so its P̂ of a split is computed once (kept per Matrices
+    object: a fine-tuned encoder's pass over a test split takes minutes on a CPU)."""
 
     def __init__(self, classifier_dir: str, batch_size: int = 256):
         self.classifier_dir = str(classifier_dir)
         self.clf = load_classifier(classifier_dir)
         self.batch_size = batch_size
+        self._memo: dict[tuple[int, tuple[str, ...]], tuple[Matrices, np.ndarray]] = {}
 
     def predict(self, ctx, mats=None):
         mats = ctx.test if mats is None else mats
+        key = (id(mats), tuple(ctx.fleet.names))  # the columns follow the fleet's order
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is mats:  # the entry holds its Matrices, so the id cannot be reused
+            return hit[1].copy()
+        P = self._predict(ctx, mats)
+        self._memo[key] = (mats, P)
+        return P.copy()
+
+    def _predict(self, ctx: ReplayContext, mats: Matrices) -> np.ndarray:
         names = list(self.clf.model_names_)
         missing = [m for m in ctx.fleet.names if m not in names]
         if missing:
