@@ -167,9 +167,9 @@ def train_blend(dataset: str, label: str, blend: dict[str, Any], dirs: dict[str,
     fitted on this train split); combiner=blend fits only the member weights, on val; combiner=mean fits nothing."""
     run_dir = out / "train" / label
     members, combiner = blend["members"], blend["combiner"]
-    spec = {"blend_of": {m: dirs[m] for m in members}, "overrides": [f"dataset={dataset}", *overrides]}
-    if combiner != "blend":  # the spec of a weighted blend is unchanged, so its earlier runs are still reused
-        spec["combiner"] = combiner
+    # `combiner` in the spec: a blend fitted before its val search priced each query (no such key) is refitted
+    spec = {"blend_of": {m: dirs[m] for m in members}, "overrides": [f"dataset={dataset}", *overrides],
+            "combiner": combiner}
     spec_file, metrics_file = run_dir / SPEC_FILE, run_dir / "train_metrics.json"
     members_s = sum(float(trained[m].get("train_s") or 0.0) for m in members)
     if resume and all(trained[m].get("reused") for m in members) and spec_file.is_file() \
