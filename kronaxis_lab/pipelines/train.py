@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import hydra
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kronaxis_lab.classifiers.base import train_fingerprint
 from kronaxis_lab.classifiers.calibration import val_calibration_metrics, with_calibration
+from kronaxis_lab.data.tables import Matrices
 from kronaxis_lab.pipelines.common import CONFIG_DIR, ConfigKindError, build, load_dataset, one_line_errors, output_dir
 from kronaxis_lab.routing.labels import make_targets
 from kronaxis_lab.routing.routers import ReplayContext
@@ -47,22 +49,22 @@ def eval_predictions(P: np.ndarray, Y: np.ndarray, names: list[str]) -> dict[str
     return out
 
 
-def val_costs(cfg: DictConfig, ds: Any, val: Any) -> tuple[np.ndarray, np.ndarray]:
+def val_costs(cfg: DictConfig, ds: Any, train: Matrices, val: Matrices) -> tuple[np.ndarray, np.ndarray]:
     """(expected, recorded) $ of every val query, each (n_val, m): the expected $ exactly as kronaxis-replay computes
-    them (ReplayContext: the one cost model, fitted on the whole train split, prompt tokens from `cfg.tokenizer`)."""
+    them (ReplayContext: the one cost model, fitted on the whole `train` split, prompt tokens from `cfg.tokenizer`)."""
     counter = build(cfg.tokenizer, "token counter") if cfg.get("tokenizer") else None
-    ctx = ReplayContext(test=val, fleet=ds.fleet, train=ds.matrices(cfg.train_split), val=val, token_counter=counter)
+    ctx = ReplayContext(test=val, fleet=ds.fleet, train=train, val=val, token_counter=counter)
     return ctx.expected_cost_for(val), np.asarray(val.costs, float)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     ds = load_dataset(cfg)
-    train = ds.matrices(cfg.train_split)
+    full_train = train = ds.matrices(cfg.train_split)  # the whole split prices val, as replay prices it
     val = ds.matrices(cfg.val_split)
     if cfg.get("limit_train"):
         keep = int(cfg.limit_train)
-        train.queries, train.scores, train.costs = train.queries.iloc[:keep], train.scores[:keep], train.costs[:keep]
+        train = replace(train, queries=train.queries.iloc[:keep], scores=train.scores[:keep], costs=train.costs[:keep])
     if len(train.queries) == 0:
         raise ValueError(f"{ds.name}: the '{cfg.train_split}' split is empty: nothing to train on")
     tk = OmegaConf.to_container(cfg.targets, resolve=True)
@@ -79,7 +81,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     col = clf.task_labels_column()  # e.g. the task prior learns p(task | text) from the train labels
     extra = {"tasks": train.queries[col].tolist() if col in train.queries else None} if col else {}
     if clf.wants_val_costs() and val.n:  # e.g. a blend picks its weights by val AIQ, priced as replay prices it
-        extra["val_costs"] = val_costs(cfg, ds, val)
+        extra["val_costs"] = val_costs(cfg, ds, full_train, val)
     clf.fit(texts, Y, model_names=ds.fleet.names, val_queries=vtexts, val_targets=Yv, model_costs=costs, **extra)
     train_s = time.perf_counter() - t0
     if not is_main_process():  # DDP (torchrun): every rank holds the same weights; rank 0 saves and evaluates
